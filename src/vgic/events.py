@@ -1,0 +1,126 @@
+"""The event log: what the GIC and its ITSes did, and what the guest did wrong.
+
+Models report through this small interface and know nothing of who listens (the way
+rust-vmm's vm-superio devices report through their events trait). Tests and tools read
+:attr:`EventLog.events`; a VMM can :meth:`EventLog.subscribe` to act on them (stop on the
+first error, print a trace). The log is a bounded ring: host memory does not grow with
+the number of interrupts a guest raises. Counters per kind are never dropped.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+
+class Kind(enum.Enum):
+    """What happened."""
+
+    COMMAND = "command"  # an ITS command executed without error
+    COMMAND_ERROR = "command-error"  # an ITS command error (architected code in .code)
+    TRANSLATION = "translation"  # an MSI translated to an LPI
+    TRANSLATION_FAULT = "translation-fault"  # an MSI that could not be translated
+    LPI_PENDING = "lpi-pending"  # an LPI became pending on a redistributor
+    LPI_DROPPED = "lpi-dropped"  # an LPI the architecture says is ignored
+    ACKNOWLEDGE = "acknowledge"  # a CPU acknowledged an interrupt (ICC_IAR1_EL1)
+    EOI = "eoi"  # priority drop (ICC_EOIR1_EL1)
+    DEACTIVATE = "deactivate"  # deactivation (ICC_DIR_EL1 or EOImode 0)
+    DIAGNOSTIC = "diagnostic"  # a questionable or UNPREDICTABLE guest action
+    STATE = "state"  # a state change worth tracing (ITS enabled, LPIs enabled, stall)
+
+
+@dataclass(slots=True)
+class Event:
+    """One record. Fields that do not apply are ``None``."""
+
+    seq: int
+    kind: Kind
+    source: str  # "its0", "gicr1", "cpu2", "gicd"
+    message: str
+    intid: int | None = None
+    cpu: int | None = None
+    device_id: int | None = None
+    event_id: int | None = None
+    code: int | None = None  # architected error code (0x01_OO_RR) for COMMAND_ERROR
+    offset: int | None = None  # command queue offset, or register offset
+    command: str | None = None  # decoded command text
+    rule: str | None = None  # the spec section behind a diagnostic
+
+    def __str__(self) -> str:
+        parts = [f"#{self.seq}", self.kind.value, self.source]
+        if self.code is not None:
+            parts.append(f"code={self.code:#08x}")
+        if self.offset is not None:
+            parts.append(f"offset={self.offset:#x}")
+        if self.cpu is not None:
+            parts.append(f"cpu={self.cpu}")
+        if self.intid is not None:
+            parts.append(f"intid={self.intid}")
+        parts.append(self.message)
+        if self.command:
+            parts.append(f"[{self.command}]")
+        if self.rule:
+            parts.append(f"({self.rule})")
+        return " ".join(parts)
+
+
+Listener = Callable[[Event], None]
+
+
+@dataclass
+class EventLog:
+    """A bounded log of :class:`Event` records with per-kind counters.
+
+    ``capacity`` bounds the records kept; ``keep`` limits which kinds are stored at all
+    (counters still count every kind). Hot-path kinds can be left out to save time.
+    """
+
+    capacity: int = 65536
+    keep: frozenset[Kind] = frozenset(Kind)
+    events: deque[Event] = field(init=False)
+    counts: Counter[Kind] = field(init=False, default_factory=Counter)
+    _listeners: list[Listener] = field(init=False, default_factory=list)
+    _seq: Iterator[int] = field(init=False, default_factory=itertools.count)
+
+    def __post_init__(self) -> None:
+        self.events = deque(maxlen=self.capacity)
+
+    def wants(self, kind: Kind) -> bool:
+        """Cheap test for hot paths: is an event of this kind stored or listened for?"""
+        return kind in self.keep or bool(self._listeners)
+
+    def record(self, kind: Kind, source: str, message: str, **fields: object) -> Event | None:
+        self.counts[kind] += 1
+        if kind not in self.keep and not self._listeners:
+            return None
+        ev = Event(next(self._seq), kind, source, message, **fields)  # type: ignore[arg-type]
+        if kind in self.keep:
+            self.events.append(ev)
+        for listener in self._listeners:
+            listener(ev)
+        return ev
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Listener) -> None:
+        self._listeners.remove(listener)
+
+    def of(self, *kinds: Kind) -> list[Event]:
+        """The stored events of the given kinds, oldest first."""
+        return [e for e in self.events if e.kind in kinds]
+
+    @property
+    def errors(self) -> list[Event]:
+        return self.of(Kind.COMMAND_ERROR)
+
+    @property
+    def diagnostics(self) -> list[Event]:
+        return self.of(Kind.DIAGNOSTIC, Kind.TRANSLATION_FAULT, Kind.LPI_DROPPED)
+
+    def clear(self) -> None:
+        self.events.clear()
+        self.counts.clear()

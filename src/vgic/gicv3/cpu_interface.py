@@ -1,0 +1,306 @@
+"""The GICv3 CPU interface: the ICC_* system registers (IHI 0069 chapter 4, 12.2).
+
+Pure Python: a CPU engine calls :meth:`CpuInterface.read_sysreg` and
+:meth:`CpuInterface.write_sysreg` (by name or by its (op0, op1, CRn, CRm, op2) encoding)
+and is told of IRQ/FIQ line changes through :attr:`CpuInterface.on_irq`.
+
+Priority model (4.8): ``pri_bits`` implemented priority bits (5, as QEMU's Cortex-A57);
+the group priority of an interrupt is its priority masked by the binary point; the active
+priorities are one bit per group priority in ICC_AP0R<n>/ICC_AP1R<n>, and the running
+priority (ICC_RPR_EL1) is the highest of them. An interrupt is signalled when it is
+enabled for its group, its priority is higher than ICC_PMR_EL1 and its group priority is
+higher than the running priority. Candidates come from :class:`InterruptSource` objects
+(the redistributor's LPIs, later SGIs, PPIs and SPIs), each answering its best pending
+interrupt without a scan; ties between sources go to the lowest INTID.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+from vgic.events import EventLog, Kind
+
+SPURIOUS = 1023
+IDLE_PRIORITY = 0xFF
+
+
+class InterruptSource(Protocol):
+    """Something holding pending interrupts for one CPU."""
+
+    def highest_pending(self, group: int) -> tuple[int, int] | None:
+        """(priority, INTID) of the best pending, enabled interrupt of ``group``."""
+        ...
+
+    def acknowledge(self, intid: int) -> None:
+        """The interrupt was acknowledged: pending -> active (LPIs: not pending)."""
+        ...
+
+    def deactivate(self, intid: int) -> bool:
+        """Remove the active state; False if ``intid`` is not this source's or not active."""
+        ...
+
+
+# (op0, op1, CRn, CRm, op2) -> register name (12.2)
+SYSREG_ENCODINGS: dict[tuple[int, int, int, int, int], str] = {
+    (3, 0, 4, 6, 0): "ICC_PMR_EL1",
+    (3, 0, 12, 8, 0): "ICC_IAR0_EL1",
+    (3, 0, 12, 8, 1): "ICC_EOIR0_EL1",
+    (3, 0, 12, 8, 2): "ICC_HPPIR0_EL1",
+    (3, 0, 12, 8, 3): "ICC_BPR0_EL1",
+    **{(3, 0, 12, 8, 4 + n): f"ICC_AP0R{n}_EL1" for n in range(4)},
+    **{(3, 0, 12, 9, n): f"ICC_AP1R{n}_EL1" for n in range(4)},
+    (3, 0, 12, 11, 1): "ICC_DIR_EL1",
+    (3, 0, 12, 11, 3): "ICC_RPR_EL1",
+    (3, 0, 12, 11, 5): "ICC_SGI1R_EL1",
+    (3, 0, 12, 11, 6): "ICC_ASGI1R_EL1",
+    (3, 0, 12, 11, 7): "ICC_SGI0R_EL1",
+    (3, 0, 12, 12, 0): "ICC_IAR1_EL1",
+    (3, 0, 12, 12, 1): "ICC_EOIR1_EL1",
+    (3, 0, 12, 12, 2): "ICC_HPPIR1_EL1",
+    (3, 0, 12, 12, 3): "ICC_BPR1_EL1",
+    (3, 0, 12, 12, 4): "ICC_CTLR_EL1",
+    (3, 0, 12, 12, 5): "ICC_SRE_EL1",
+    (3, 0, 12, 12, 6): "ICC_IGRPEN0_EL1",
+    (3, 0, 12, 12, 7): "ICC_IGRPEN1_EL1",
+}
+SYSREG_BY_NAME = {name: enc for enc, name in SYSREG_ENCODINGS.items()}
+
+
+class CpuInterface:
+    """One CPU's interface. Guarded by the lock of its redistributor."""
+
+    def __init__(
+        self,
+        index: int,
+        sources: list[InterruptSource],
+        log: EventLog,
+        lock: threading.RLock | None = None,
+        pri_bits: int = 5,
+        id_bits: int = 16,
+    ) -> None:
+        if not 5 <= pri_bits <= 8:
+            raise ValueError("GICv3 implements 5 to 8 priority bits")
+        self.index = index
+        self.sources = sources
+        self.log = log
+        self.lock = lock or threading.RLock()
+        self.pri_bits = pri_bits
+        self.id_bits = id_bits
+        self.source = f"cpu{index}"
+        self.on_irq: Callable[[bool], None] = lambda level: None
+        self.on_fiq: Callable[[bool], None] = lambda level: None
+        # Hook for SGI generation (ICC_SGI1R_EL1 and friends): set by the GIC.
+        self.on_sgi: Callable[[int, int, int], None] = lambda cpu, value, group: None
+        self._min_bpr0 = 7 - pri_bits  # 4.8.5: BPR0 min; the Non-secure BPR1 min is one more
+        self.reset()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.pmr = 0
+            self.bpr0 = self._min_bpr0
+            self.bpr1 = self._min_bpr0 + 1
+            self.eoimode = False
+            self.cbpr = False
+            self.igrpen0 = False
+            self.igrpen1 = False
+            self.ap = [0, 0]  # active priorities per group: bit k = group priority k << (8 - pri_bits)
+            self.irq_level = False
+            self.fiq_level = False
+
+    # -- priority arithmetic -----------------------------------------------------------
+    @property
+    def _pri_mask(self) -> int:
+        return (0xFF << (8 - self.pri_bits)) & 0xFF
+
+    def group_priority(self, priority: int, group: int) -> int:
+        """The preemption part of a priority under the binary point (4.8.5)."""
+        if group == 0 or self.cbpr:
+            mask = (0xFF << (self.bpr0 + 1)) & 0xFF
+        else:
+            mask = (0xFF << self.bpr1) & 0xFF
+        return priority & mask & self._pri_mask
+
+    def running_priority(self) -> int:
+        """ICC_RPR_EL1: the highest active group priority, or 0xFF when idle (4.8.6)."""
+        active = self.ap[0] | self.ap[1]
+        if not active:
+            return IDLE_PRIORITY
+        return ((active & -active).bit_length() - 1) << (8 - self.pri_bits)
+
+    def _best(self, group: int) -> tuple[int, int, InterruptSource] | None:
+        best: tuple[int, int, InterruptSource] | None = None
+        for src in self.sources:
+            cand = src.highest_pending(group)
+            if cand is not None and (best is None or cand < best[:2]):
+                best = (cand[0], cand[1], src)
+        return best
+
+    def _signalled(self, group: int) -> tuple[int, int, InterruptSource] | None:
+        """The interrupt of ``group`` the CPU would take now, if any (4.8)."""
+        if not (self.igrpen1 if group else self.igrpen0):
+            return None
+        best = self._best(group)
+        if best is None or best[0] & self._pri_mask >= self.pmr:
+            return None
+        if self.group_priority(best[0], group) >= self.running_priority():
+            return None
+        return best
+
+    def update(self) -> None:
+        """Recompute the IRQ (Group 1) and FIQ (Group 0) lines; called on any change."""
+        with self.lock:
+            irq = self._signalled(1) is not None
+            fiq = self._signalled(0) is not None
+            if irq != self.irq_level:
+                self.irq_level = irq
+                self.on_irq(irq)
+            if fiq != self.fiq_level:
+                self.fiq_level = fiq
+                self.on_fiq(fiq)
+
+    # -- acknowledge, priority drop, deactivate ----------------------------------------
+    def acknowledge(self, group: int = 1) -> int:
+        """ICC_IAR<group>_EL1 (12.2.12): the signalled interrupt becomes active, or 1023."""
+        with self.lock:
+            sig = self._signalled(group)
+            if sig is None:
+                return SPURIOUS
+            prio, intid, src = sig
+            src.acknowledge(intid)
+            self.ap[group] |= 1 << (self.group_priority(prio, group) >> (8 - self.pri_bits))
+            if self.log.wants(Kind.ACKNOWLEDGE):
+                self.log.record(Kind.ACKNOWLEDGE, self.source, f"acknowledged INTID {intid} (priority {prio:#x})",
+                                intid=intid, cpu=self.index)  # fmt: skip
+            self.update()
+            return intid
+
+    def end_of_interrupt(self, intid: int, group: int = 1) -> None:
+        """ICC_EOIR<group>_EL1 (12.2.10): priority drop, and deactivation when EOImode=0."""
+        intid &= 0xFFFFFF
+        if 1020 <= intid <= 1023:
+            return
+        with self.lock:
+            ap = self.ap[group]
+            if not ap:
+                self.log.record(Kind.DIAGNOSTIC, self.source,
+                                f"EOI of INTID {intid} with no active priority: UNPREDICTABLE, ignored",
+                                intid=intid, cpu=self.index, rule="IHI0069 12.2.10")  # fmt: skip
+                return
+            self.ap[group] = ap & (ap - 1)  # drop the highest active priority
+            if self.log.wants(Kind.EOI):
+                self.log.record(Kind.EOI, self.source, f"EOI INTID {intid}", intid=intid, cpu=self.index)
+            if not self.eoimode:
+                self._deactivate(intid)
+            self.update()
+
+    def deactivate(self, intid: int) -> None:
+        """ICC_DIR_EL1 (12.2.8): ignored when EOImode=0."""
+        intid &= 0xFFFFFF
+        with self.lock:
+            if not self.eoimode:
+                self.log.record(Kind.DIAGNOSTIC, self.source, f"ICC_DIR_EL1 write of {intid} with EOImode=0: ignored",
+                                intid=intid, cpu=self.index, rule="IHI0069 12.2.8")  # fmt: skip
+                return
+            self._deactivate(intid)
+            self.update()
+
+    def _deactivate(self, intid: int) -> None:
+        if intid >= 8192:
+            return  # LPIs have no active state
+        for src in self.sources:
+            if src.deactivate(intid):
+                if self.log.wants(Kind.DEACTIVATE):
+                    self.log.record(Kind.DEACTIVATE, self.source, f"deactivated INTID {intid}",
+                                    intid=intid, cpu=self.index)  # fmt: skip
+                return
+
+    def highest_pending(self, group: int = 1) -> int:
+        """ICC_HPPIR<group>_EL1 (12.2.11): no PMR or preemption check."""
+        with self.lock:
+            best = self._best(group)
+            return SPURIOUS if best is None else best[1]
+
+    # -- system register access ----------------------------------------------------------
+    def read_sysreg(self, name: str) -> int:
+        """An MRS of an ICC_* register."""
+        if name == "ICC_IAR1_EL1":
+            return self.acknowledge(1)
+        if name == "ICC_IAR0_EL1":
+            return self.acknowledge(0)
+        if name == "ICC_HPPIR1_EL1":
+            return self.highest_pending(1)
+        if name == "ICC_HPPIR0_EL1":
+            return self.highest_pending(0)
+        if name == "ICC_RPR_EL1":
+            return self.running_priority()
+        if name == "ICC_PMR_EL1":
+            return self.pmr
+        if name == "ICC_BPR0_EL1":
+            return self.bpr0
+        if name == "ICC_BPR1_EL1":
+            return min(self.bpr0 + 1, 7) if self.cbpr else self.bpr1
+        if name == "ICC_CTLR_EL1":
+            idbits = 0 if self.id_bits <= 16 else 1
+            return int(self.cbpr) | int(self.eoimode) << 1 | (self.pri_bits - 1) << 8 | idbits << 11 | 1 << 15
+        if name == "ICC_SRE_EL1":
+            return 0x7  # SRE, DFB, DIB: system register interface only
+        if name == "ICC_IGRPEN0_EL1":
+            return int(self.igrpen0)
+        if name == "ICC_IGRPEN1_EL1":
+            return int(self.igrpen1)
+        if name.startswith("ICC_AP"):
+            group, n = int(name[6]), int(name[8])
+            return self._ap_word(group, n)
+        # write-only registers (EOIR, DIR, SGI) read as zero
+        self.log.record(Kind.DIAGNOSTIC, self.source, f"read of write-only {name}: RAZ", cpu=self.index,
+                        rule="IHI0069 12.2")  # fmt: skip
+        return 0
+
+    def _ap_words(self) -> int:
+        return max(1, 1 << (self.pri_bits - 5)) if self.pri_bits < 8 else 4
+
+    def _ap_word(self, group: int, n: int) -> int:
+        if n >= self._ap_words():
+            return 0
+        return (self.ap[group] >> (32 * n)) & 0xFFFFFFFF
+
+    def write_sysreg(self, name: str, value: int) -> None:
+        """An MSR to an ICC_* register."""
+        with self.lock:
+            if name == "ICC_EOIR1_EL1":
+                self.end_of_interrupt(value, 1)
+            elif name == "ICC_EOIR0_EL1":
+                self.end_of_interrupt(value, 0)
+            elif name == "ICC_DIR_EL1":
+                self.deactivate(value)
+            elif name == "ICC_PMR_EL1":
+                self.pmr = value & self._pri_mask
+            elif name == "ICC_BPR0_EL1":
+                self.bpr0 = max(value & 7, self._min_bpr0)
+            elif name == "ICC_BPR1_EL1":
+                if not self.cbpr:
+                    self.bpr1 = max(value & 7, self._min_bpr0 + 1)
+            elif name == "ICC_CTLR_EL1":
+                self.cbpr = bool(value & 1)
+                self.eoimode = bool(value & 2)
+            elif name == "ICC_IGRPEN0_EL1":
+                self.igrpen0 = bool(value & 1)
+            elif name == "ICC_IGRPEN1_EL1":
+                self.igrpen1 = bool(value & 1)
+            elif name.startswith("ICC_AP") and name[8].isdigit():
+                group, n = int(name[6]), int(name[8])
+                if n < self._ap_words():
+                    word = 0xFFFFFFFF << (32 * n)
+                    self.ap[group] = (self.ap[group] & ~word) | ((value & 0xFFFFFFFF) << (32 * n))
+            elif name in ("ICC_SGI1R_EL1", "ICC_ASGI1R_EL1", "ICC_SGI0R_EL1"):
+                self.on_sgi(self.index, value, 0 if name == "ICC_SGI0R_EL1" else 1)
+                return
+            elif name == "ICC_SRE_EL1":
+                return  # SRE is RAO/WI: no memory-mapped interface
+            else:
+                self.log.record(Kind.DIAGNOSTIC, self.source, f"write of read-only {name}: ignored",
+                                cpu=self.index, rule="IHI0069 12.2")  # fmt: skip
+                return
+            self.update()

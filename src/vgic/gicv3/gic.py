@@ -1,0 +1,113 @@
+"""A whole GICv3: distributor, one redistributor and CPU interface per CPU, and ITSes.
+
+:class:`Gic` wires the blocks together over one :class:`~vgic.memory.GuestMemory` and one
+:class:`~vgic.events.EventLog`, and routes physical addresses to them with QEMU's virt
+memory map by default. It knows nothing of CPU engines: a machine calls :meth:`Gic.read`
+/ :meth:`Gic.write` for MMIO, the CPU interfaces for ICC_* registers, and listens to
+``cpu.on_irq``.
+
+    mem = GuestMemory(); mem.add_ram(0x40000000, 64 << 20)
+    gic = Gic(mem, GicConfig(num_cpus=4))
+    gic.its[0].msi(device_id=1, event_id=0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from vgic.events import EventLog, Kind
+from vgic.gicv3.cpu_interface import CpuInterface
+from vgic.gicv3.distributor import GICD_FRAME_SIZE, Distributor
+from vgic.gicv3.redistributor import RD_FRAME_SIZE, Redistributor, RedistributorConfig
+from vgic.its.its import Its, ItsConfig
+from vgic.its.registers import ITS_FRAME_SIZE
+from vgic.memory import GuestMemory
+
+# QEMU virt (platform-notes.md)
+VIRT_GICD_BASE = 0x0800_0000
+VIRT_ITS_BASE = 0x0808_0000
+VIRT_GICR_BASE = 0x080A_0000
+
+
+def virt_mpidr(cpu: int) -> int:
+    """Affinity of CPU ``cpu`` as QEMU's virt machine gives it: clusters of 8 (Aff1.Aff0)."""
+    return (cpu // 8) << 8 | (cpu % 8)
+
+
+@dataclass(frozen=True)
+class GicConfig:
+    num_cpus: int = 1
+    its: tuple[ItsConfig, ...] = field(default_factory=lambda: (ItsConfig(),))
+    redistributor: RedistributorConfig = field(default_factory=RedistributorConfig)
+    pri_bits: int = 5
+    num_spis: int = 64
+    gicd_base: int = VIRT_GICD_BASE
+    its_bases: tuple[int, ...] = (VIRT_ITS_BASE,)
+    gicr_base: int = VIRT_GICR_BASE
+    mpidr: Callable[[int], int] = virt_mpidr
+
+
+_Handler = tuple[int, int, Callable[[int, int], int], Callable[[int, int, int], None]]
+
+
+class Gic:
+    """The GIC of one machine."""
+
+    def __init__(self, memory: GuestMemory, config: GicConfig | None = None, log: EventLog | None = None) -> None:
+        self.config = config = config or GicConfig()
+        if len(config.its_bases) < len(config.its):
+            raise ValueError("each ITS needs a base address")
+        self.memory = memory
+        self.log = log or EventLog()
+        self.distributor = Distributor(self.log, config.redistributor.lpi_id_bits, config.num_spis)
+        self.redistributors: list[Redistributor] = []
+        self.cpus: list[CpuInterface] = []
+        for i in range(config.num_cpus):
+            aff = config.mpidr(i)
+            affinity = (aff >> 32 & 0xFF) << 24 | (aff & 0xFFFFFF)
+            rd = Redistributor(i, affinity, memory, self.log, config.redistributor,
+                               last=i == config.num_cpus - 1, base=config.gicr_base + i * RD_FRAME_SIZE)  # fmt: skip
+            cpu = CpuInterface(i, [rd], self.log, lock=rd.lock, pri_bits=config.pri_bits,
+                               id_bits=config.redistributor.lpi_id_bits)  # fmt: skip
+            rd.on_change = cpu.update
+            self.redistributors.append(rd)
+            self.cpus.append(cpu)
+        self.its = [Its(memory, self.log, self.redistributors, c, index=n) for n, c in enumerate(config.its)]
+        self._regions: list[_Handler] = [
+            (config.gicd_base, GICD_FRAME_SIZE, self.distributor.read, self.distributor.write),
+            *(
+                (base, ITS_FRAME_SIZE, its.read, its.write)
+                for base, its in zip(config.its_bases, self.its, strict=False)
+            ),
+            (config.gicr_base, RD_FRAME_SIZE * config.num_cpus, self._gicr_read, self._gicr_write),
+        ]
+
+    @property
+    def regions(self) -> list[_Handler]:
+        """(base, size, read(offset, size), write(offset, size, value)) per MMIO region."""
+        return list(self._regions)
+
+    def _gicr_read(self, offset: int, size: int) -> int:
+        rd = self.redistributors[offset // RD_FRAME_SIZE]
+        return rd.read(offset % RD_FRAME_SIZE, size)
+
+    def _gicr_write(self, offset: int, size: int, value: int) -> None:
+        rd = self.redistributors[offset // RD_FRAME_SIZE]
+        rd.write(offset % RD_FRAME_SIZE, size, value)
+
+    def read(self, address: int, size: int) -> int:
+        """A load from a GIC physical address (RAZ outside every frame)."""
+        for base, length, read, _ in self._regions:
+            if base <= address < base + length:
+                return read(address - base, size)
+        self.log.record(Kind.DIAGNOSTIC, "gic", f"read of {address:#x} outside the GIC: RAZ")
+        return 0
+
+    def write(self, address: int, size: int, value: int) -> None:
+        """A store to a GIC physical address (ignored outside every frame)."""
+        for base, length, _, write in self._regions:
+            if base <= address < base + length:
+                write(address - base, size, value)
+                return
+        self.log.record(Kind.DIAGNOSTIC, "gic", f"write of {address:#x} outside the GIC: ignored")

@@ -1,0 +1,422 @@
+"""The GICv3 redistributor: LPI support and the RD_base frame (IHI 0069 5.1, 12.11).
+
+One :class:`Redistributor` per CPU. It owns the CPU's LPI pending state and a cache of the
+configuration (priority, enable) of its pending LPIs.
+
+* **Pending state.** While GICR_CTLR.EnableLPIs is 1 the pending LPIs live in a host set
+  (the architecture makes the pending table's contents UNKNOWN to software then). On
+  EnableLPIs 0 -> 1 the redistributor reads the pending table (unless PENDBASER.PTZ was
+  set), so software may seed it; on 1 -> 0 it writes the state back (5.1.2).
+* **Configuration.** An LPI's configuration byte is read from the LPI configuration table
+  when the LPI becomes pending and is then cached until INV, INVALL, GICR_INVLPIR or
+  GICR_INVALLR reloads it (5.1.1 permits the caching). A cached LPI that is no longer
+  pending is forgotten, so host memory is bounded by the number of pending LPIs.
+* **Priority order.** Pending, enabled LPIs sit in a heap keyed (priority, INTID): the
+  highest-priority LPI, ties to the lowest INTID, is found without scanning. Entries made
+  stale by acknowledge, CLEAR or a reload are skipped lazily and the heap is rebuilt when
+  stale entries outnumber live ones.
+
+The LPI ID space is bounded by ``lpi_id_bits`` (GICD_TYPER.IDbits + 1): the pending-table
+scan at enable is at most 2^lpi_id_bits / 8 bytes, a host setting, never a guest's.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vgic.events import EventLog, Kind
+from vgic.memory import GuestMemory, MemoryFault
+from vgic.regs import Access, Register, RegisterBank, field
+
+LPI_BASE = 8192
+RD_FRAME_SIZE = 0x20000  # RD_base frame + SGI_base frame (GICv3)
+
+# GICR_TYPER bits (12.11.38)
+TYPER_PLPIS = 1 << 0
+TYPER_DIRECTLPI = 1 << 3
+TYPER_LAST = 1 << 4
+
+# GICR_WAKER bits (12.11.41)
+WAKER_PROCESSOR_SLEEP = 1 << 1
+WAKER_CHILDREN_ASLEEP = 1 << 2
+
+GICR_IIDR_VALUE = 0x5600043B
+RD_ID_REGISTERS = (0x44, 0x00, 0x00, 0x00, 0x93, 0xB4, 0x3B, 0x00, 0x0D, 0xF0, 0x05, 0xB1)
+_ID_NAMES = ("PIDR4", "PIDR5", "PIDR6", "PIDR7", "PIDR0", "PIDR1", "PIDR2", "PIDR3",
+             "CIDR0", "CIDR1", "CIDR2", "CIDR3")  # fmt: skip
+
+GICR_RD_REGISTERS: list[Register] = [
+    Register("CTLR", 0x0000, 4),
+    Register("IIDR", 0x0004, 4, reset=GICR_IIDR_VALUE, access=Access.RO),
+    Register("TYPER", 0x0008, 8, access=Access.RO),
+    Register("STATUSR", 0x0010, 4, access=Access.RAZ_WI),
+    Register("WAKER", 0x0014, 4, reset=WAKER_PROCESSOR_SLEEP | WAKER_CHILDREN_ASLEEP),
+    Register("SETLPIR", 0x0040, 8, access=Access.WO),
+    Register("CLRLPIR", 0x0048, 8, access=Access.WO),
+    Register("PROPBASER", 0x0070, 8),
+    Register("PENDBASER", 0x0078, 8),
+    Register("INVLPIR", 0x00A0, 8, access=Access.WO),
+    Register("INVALLR", 0x00B0, 8, access=Access.WO),
+    Register("SYNCR", 0x00C0, 4, access=Access.RO),
+    *(
+        Register(name, 0xFFD0 + 4 * i, 4, reset=val, access=Access.RO)
+        for i, (name, val) in enumerate(zip(_ID_NAMES, RD_ID_REGISTERS, strict=True))
+    ),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RedistributorConfig:
+    """Choices the architecture leaves to the implementation (docs/choices.md)."""
+
+    lpi_id_bits: int = 16  # GICD_TYPER.IDbits + 1: the largest LPI INTID space
+    direct_lpi: bool = True  # GICR_TYPER.DirectLPI: SETLPIR/CLRLPIR/INVLPIR/INVALLR/SYNCR
+    lpis_disableable: bool = True  # EnableLPIs may be cleared once set (else it sticks at 1)
+
+
+def _priority(config: int) -> int:
+    return config & 0xFC
+
+
+class Redistributor:
+    """A CPU's redistributor. All state is guarded by :attr:`lock` (see vgic.its.its)."""
+
+    def __init__(
+        self,
+        index: int,
+        affinity: int,
+        memory: GuestMemory,
+        log: EventLog,
+        config: RedistributorConfig | None = None,
+        last: bool = False,
+        base: int | None = None,
+    ) -> None:
+        self.index = index  # processor number (GICR_TYPER.Processor_Number)
+        self.affinity = affinity  # Aff3.Aff2.Aff1.Aff0 as in GICR_TYPER[63:32]
+        self.base = base  # physical address of RD_base, for GITS_TYPER.PTA=1
+        self.memory = memory
+        self.log = log
+        self.config = config or RedistributorConfig()
+        self.last = last
+        self.source = f"gicr{index}"
+        self.lock = threading.RLock()
+        self.regs = RegisterBank(self, GICR_RD_REGISTERS, log, self.source)
+        self.on_change: Callable[[], None] = lambda: None  # set by the CPU interface
+        self._enable_lpis = False
+        self._pending: set[int] = set()
+        self._config: dict[int, int] = {}  # config bytes of pending LPIs
+        self._heap: list[tuple[int, int]] = []  # (priority, INTID), lazily cleaned
+        self._table_bits: set[int] = set()  # INTIDs whose bit was set in the pending table
+        self._lpi_limit = 0  # one past the largest valid LPI INTID while enabled
+
+    # -- state for tools, tests and save/restore --------------------------------------
+    @property
+    def enable_lpis(self) -> bool:
+        return self._enable_lpis
+
+    @property
+    def pending_lpis(self) -> frozenset[int]:
+        with self.lock:
+            return frozenset(self._pending)
+
+    def lpi_config(self, intid: int) -> int | None:
+        """The cached configuration byte of a pending LPI (None when not cached)."""
+        return self._config.get(intid)
+
+    # -- MMIO ------------------------------------------------------------------------
+    def read(self, offset: int, size: int) -> int:
+        with self.lock:
+            return self.regs.read(offset, size)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        with self.lock:
+            self.regs.write(offset, size, value)
+
+    def read_CTLR(self, index: int) -> int:
+        """EnableLPIs[0]; CES[1] when it can be cleared; IR[2] with the direct registers."""
+        ces = int(self.config.lpis_disableable) << 1
+        return int(self._enable_lpis) | ces | int(self.config.direct_lpi) << 2
+
+    def write_CTLR(self, index: int, value: int, mask: int) -> None:
+        if mask & 1:
+            self.set_enable_lpis(bool(value & 1))
+
+    def read_TYPER(self, index: int) -> int:
+        v = TYPER_PLPIS | (self.index & 0xFFFF) << 8 | self.affinity << 32
+        if self.config.direct_lpi:
+            v |= TYPER_DIRECTLPI
+        if self.last:
+            v |= TYPER_LAST
+        return v
+
+    def write_WAKER(self, index: int, value: int, mask: int) -> None:
+        """ProcessorSleep is RW; ChildrenAsleep follows it at once (12.11.41)."""
+        if mask & WAKER_PROCESSOR_SLEEP:
+            sleep = value & WAKER_PROCESSOR_SLEEP
+            self.regs.set("WAKER", WAKER_PROCESSOR_SLEEP | WAKER_CHILDREN_ASLEEP if sleep else 0)
+
+    def write_PROPBASER(self, index: int, value: int, mask: int) -> None:
+        if self._enable_lpis:
+            self._diag("GICR_PROPBASER written while EnableLPIs=1: ignored", "IHI0069 12.11.29")
+            return
+        from vgic.its.registers import sanitise_attributes
+
+        old = self.regs.get("PROPBASER")
+        v = (old & ~mask) | (value & mask)
+        v &= 0x0700_FFFF_FFFF_FF9F | 0x0F00  # IDbits, attributes, PA[51:12]
+        self.regs.set("PROPBASER", sanitise_attributes(v, 7, 10, 56))
+
+    def write_PENDBASER(self, index: int, value: int, mask: int) -> None:
+        if self._enable_lpis:
+            self._diag("GICR_PENDBASER written while EnableLPIs=1: ignored", "IHI0069 12.11.28")
+            return
+        from vgic.its.registers import sanitise_attributes
+
+        old = self.regs.get("PENDBASER")
+        v = (old & ~mask) | (value & mask)
+        v &= 0x470F_FFFF_FFFF_0F80  # PTZ, OuterCache, PA[51:16], Shareability, InnerCache
+        self.regs.set("PENDBASER", sanitise_attributes(v, 7, 10, 56))
+
+    def read_PENDBASER(self, index: int) -> int:
+        return self.regs.get("PENDBASER") & ~(1 << 62)  # PTZ reads as zero
+
+    def _direct(self, reg: str) -> bool:
+        if not self.config.direct_lpi:
+            self._diag(f"GICR_{reg} written but GICR_TYPER.DirectLPI=0: ignored", "IHI0069 5.1")
+            return False
+        return True
+
+    def write_SETLPIR(self, index: int, value: int, mask: int) -> None:
+        if mask & 0xFFFFFFFF and self._direct("SETLPIR"):
+            self.set_lpi_pending(value & 0xFFFFFFFF)
+
+    def write_CLRLPIR(self, index: int, value: int, mask: int) -> None:
+        if mask & 0xFFFFFFFF and self._direct("CLRLPIR"):
+            self.clear_lpi_pending(value & 0xFFFFFFFF)
+
+    def write_INVLPIR(self, index: int, value: int, mask: int) -> None:
+        if mask & 0xFFFFFFFF and self._direct("INVLPIR"):
+            self.invalidate_lpi(value & 0xFFFFFFFF)
+
+    def write_INVALLR(self, index: int, value: int, mask: int) -> None:
+        if mask & 0xFFFFFFFF and self._direct("INVALLR"):
+            self.invalidate_all()
+
+    # -- LPI enable ------------------------------------------------------------------
+    def set_enable_lpis(self, enable: bool) -> None:
+        """GICR_CTLR.EnableLPIs writes (5.1.2, 12.11.2)."""
+        with self.lock:
+            if enable == self._enable_lpis:
+                return
+            if not enable and not self.config.lpis_disableable:
+                self._diag("EnableLPIs cannot be cleared once set on this GIC: ignored", "IHI0069 12.11.2")
+                return
+            if enable:
+                self._enable()
+            else:
+                self._disable()
+            self.log.record(Kind.STATE, self.source, f"EnableLPIs={int(enable)}", cpu=self.index)
+            self.on_change()
+
+    def _enable(self) -> None:
+        prop = self.regs.get("PROPBASER")
+        idbits = min(field(prop, 4, 0) + 1, self.config.lpi_id_bits)
+        if idbits < 14:
+            self._diag(f"GICR_PROPBASER.IDbits gives {idbits} ID bits, fewer than 14: no LPI is in range",
+                       "IHI0069 12.11.29")  # fmt: skip
+            self._lpi_limit = 0
+        else:
+            self._lpi_limit = 1 << idbits
+        self._enable_lpis = True
+        pend = self.regs.get("PENDBASER")
+        ptz = bool(pend >> 62 & 1)
+        self.regs.set("PENDBASER", pend & ~(1 << 62))
+        self._table_bits.clear()
+        if not ptz and self._lpi_limit:
+            self._scan_pending_table(pend & 0x000F_FFFF_FFFF_0000)
+
+    def _scan_pending_table(self, table: int) -> None:
+        """Load the pending bits of LPIs [8192, limit) from the pending table (5.1.2)."""
+        start, end = LPI_BASE // 8, self._lpi_limit // 8
+        chunk = 4096
+        for off in range(start, end, chunk):
+            n = min(chunk, end - off)
+            try:
+                data = self.memory.read_bytes(table + off, n)
+            except MemoryFault as fault:
+                self._diag(f"pending table read faulted ({fault}); its bits read as zero", "IHI0069 5.1.2")
+                return
+            if not any(data):
+                continue
+            bits = int.from_bytes(data, "little")
+            while bits:
+                low = bits & -bits
+                intid = off * 8 + low.bit_length() - 1
+                bits ^= low
+                self._table_bits.add(intid)
+                self._make_pending(intid)
+
+    def _disable(self) -> None:
+        table = self.regs.get("PENDBASER") & 0x000F_FFFF_FFFF_0000
+        try:
+            for intid in self._table_bits - self._pending:
+                self.memory.set_bit(table + intid // 8, intid % 8, False)
+            for intid in self._pending:
+                self.memory.set_bit(table + intid // 8, intid % 8, True)
+        except MemoryFault as fault:
+            self._diag(f"pending table write-back faulted ({fault}); pending state lost", "IHI0069 5.1.2")
+        self._table_bits.clear()
+        self._pending.clear()
+        self._config.clear()
+        self._heap.clear()
+        self._enable_lpis = False
+
+    # -- LPI pending state -----------------------------------------------------------
+    def set_lpi_pending(self, intid: int, why: str = "") -> bool:
+        """Make an LPI pending. Returns False when the architecture says it is ignored."""
+        with self.lock:
+            if not self._enable_lpis:
+                self.log.record(Kind.LPI_DROPPED, self.source, f"LPI {intid} ignored: EnableLPIs=0 {why}",
+                                intid=intid, cpu=self.index, rule="IHI0069 5.1")  # fmt: skip
+                return False
+            if not LPI_BASE <= intid < self._lpi_limit:
+                self.log.record(Kind.LPI_DROPPED, self.source,
+                                f"LPI {intid} ignored: outside the range GICR_PROPBASER.IDbits allows {why}",
+                                intid=intid, cpu=self.index, rule="IHI0069 5.1.1")  # fmt: skip
+                return False
+            if intid in self._pending:
+                return True
+            self._make_pending(intid)
+            if self.log.wants(Kind.LPI_PENDING):
+                self.log.record(Kind.LPI_PENDING, self.source, f"LPI {intid} pending {why}".rstrip(),
+                                intid=intid, cpu=self.index)  # fmt: skip
+            self.on_change()
+            return True
+
+    def _make_pending(self, intid: int) -> None:
+        self._pending.add(intid)
+        cfg = self._read_config(intid)
+        self._config[intid] = cfg
+        if cfg & 1:
+            heapq.heappush(self._heap, (cfg & 0xFC, intid))
+
+    def _read_config(self, intid: int) -> int:
+        prop = self.regs.get("PROPBASER") & 0x000F_FFFF_FFFF_F000
+        try:
+            return self.memory.read8(prop + intid - LPI_BASE)
+        except MemoryFault as fault:
+            self._diag(f"LPI {intid} configuration read faulted ({fault}); treated as disabled",
+                       "IHI0069 5.1.1")  # fmt: skip
+            return 0
+
+    def clear_lpi_pending(self, intid: int) -> bool:
+        """Remove an LPI's pending state. Returns whether it was pending."""
+        with self.lock:
+            if intid not in self._pending:
+                return False
+            self._pending.discard(intid)
+            del self._config[intid]
+            self.on_change()
+            return True
+
+    def invalidate_lpi(self, intid: int) -> None:
+        """Reload one LPI's configuration (INV, GICR_INVLPIR)."""
+        with self.lock:
+            if intid in self._pending:
+                self._reload(intid)
+                self._compact()
+                self.on_change()
+
+    def invalidate_all(self) -> None:
+        """Reload every cached configuration (INVALL, GICR_INVALLR): O(pending LPIs)."""
+        with self.lock:
+            if not self._pending:
+                return
+            self._heap = []
+            for intid in self._pending:
+                cfg = self._read_config(intid)
+                self._config[intid] = cfg
+                if cfg & 1:
+                    self._heap.append((cfg & 0xFC, intid))
+            heapq.heapify(self._heap)
+            self.on_change()
+
+    def _reload(self, intid: int) -> None:
+        old = self._config[intid]
+        cfg = self._read_config(intid)
+        self._config[intid] = cfg
+        if cfg & 1 and (not old & 1 or _priority(old) != _priority(cfg)):
+            heapq.heappush(self._heap, (cfg & 0xFC, intid))
+
+    def _compact(self) -> None:
+        if len(self._heap) > 2 * len(self._pending) + 32:
+            self._heap = [(c & 0xFC, i) for i, c in self._config.items() if c & 1]
+            heapq.heapify(self._heap)
+
+    def accepts(self, intid: int) -> bool:
+        """Whether an LPI sent here now would become pending (5.1)."""
+        return self._enable_lpis and LPI_BASE <= intid < self._lpi_limit
+
+    def move_pending_to(self, other: Redistributor, intids: list[int] | None = None) -> int:
+        """Move pending LPIs (all, or those of ``intids``) to ``other``, ORed into its state.
+
+        The MOVI and MOVALL side of the redistributor (6.3.11, 6.3.12). Both locks are held,
+        in processor-number order, so an LPI is never pending on both nor on neither. An LPI
+        that ``other`` would ignore (EnableLPIs=0, out of range) stays pending here.
+        Returns the number moved.
+        """
+        first, second = (self, other) if self.index <= other.index else (other, self)
+        with first.lock, second.lock:
+            candidates = sorted(self._pending) if intids is None else [i for i in intids if i in self._pending]
+            moved = 0
+            for intid in candidates:
+                if not other.accepts(intid):
+                    self._diag(f"LPI {intid} not moved to CPU {other.index}, which would ignore it "
+                               f"(EnableLPIs={int(other._enable_lpis)}); it stays pending here",
+                               "IHI0069 6.3.12")  # fmt: skip
+                    continue
+                self._pending.discard(intid)
+                del self._config[intid]
+                if intid not in other._pending:
+                    other._make_pending(intid)
+                moved += 1
+            if moved:
+                self._compact()
+                self.on_change()
+                other.on_change()
+            return moved
+
+    # -- the CPU interface's view ----------------------------------------------------
+    def highest_pending_lpi(self) -> tuple[int, int] | None:
+        """(priority, INTID) of the highest-priority pending enabled LPI, or None."""
+        heap = self._heap
+        config = self._config
+        while heap:
+            prio, intid = heap[0]
+            cfg = config.get(intid)
+            if cfg is not None and cfg & 1 and cfg & 0xFC == prio:
+                return heap[0]
+            heapq.heappop(heap)
+        return None
+
+    def acknowledge_lpi(self, intid: int) -> None:
+        """An acknowledged LPI stops being pending; LPIs have no active state (5.1)."""
+        self._pending.discard(intid)
+        self._config.pop(intid, None)
+        self._compact()
+
+    # InterruptSource for the CPU interface: LPIs are always Group 1 (5.1).
+    def highest_pending(self, group: int) -> tuple[int, int] | None:
+        return self.highest_pending_lpi() if group == 1 else None
+
+    def acknowledge(self, intid: int) -> None:
+        self.acknowledge_lpi(intid)
+
+    def deactivate(self, intid: int) -> bool:
+        return False
+
+    def _diag(self, message: str, rule: str) -> None:
+        self.log.record(Kind.DIAGNOSTIC, self.source, message, cpu=self.index, rule=rule)

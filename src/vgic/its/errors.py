@@ -1,0 +1,84 @@
+"""ITS command errors and their architected encodings (IHI 0069 6.3, "Command errors").
+
+An error code has the form 0x01_OO_RR: 0x01 for a command error, OO identifying the
+command and RR the reason. Each command's handler raises :class:`CommandError` with the
+member of :class:`ItsError` that names the failed check; the ITS records it with the
+command, its queue offset and an explanation, then stalls or continues (error policy).
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ItsError(enum.IntEnum):
+    """Architected command error codes, named ``<COMMAND>_<REASON>``."""
+
+    MOVI_DEVICE_OOR = 0x010101
+    MOVI_COLLECTION_OOR = 0x010103
+    MOVI_UNMAPPED_DEVICE = 0x010104
+    MOVI_ID_OOR = 0x010105
+    MOVI_UNMAPPED_INTERRUPT = 0x010107
+    MOVI_UNMAPPED_COLLECTION = 0x010109
+
+    INT_DEVICE_OOR = 0x010301
+    INT_UNMAPPED_DEVICE = 0x010304
+    INT_ID_OOR = 0x010305
+    INT_UNMAPPED_INTERRUPT = 0x010307
+    INT_UNMAPPED_COLLECTION = 0x010309  # reason 09 by the spec's pattern (docs/errors.md)
+
+    # CLEAR (opcode 0x04) reports with command byte 0x05 in every public source.
+    CLEAR_DEVICE_OOR = 0x010501
+    CLEAR_UNMAPPED_DEVICE = 0x010504
+    CLEAR_ID_OOR = 0x010505
+    CLEAR_UNMAPPED_INTERRUPT = 0x010507
+    CLEAR_UNMAPPED_COLLECTION = 0x010509
+
+    MAPD_DEVICE_OOR = 0x010801
+    MAPD_ITTSIZE_OOR = 0x010802
+
+    MAPC_PROCNUM_OOR = 0x010902
+    MAPC_COLLECTION_OOR = 0x010903
+
+    MAPTI_DEVICE_OOR = 0x010A01
+    MAPTI_COLLECTION_OOR = 0x010A03
+    MAPTI_UNMAPPED_DEVICE = 0x010A04
+    MAPTI_ID_OOR = 0x010A05
+    MAPTI_PHYSICALID_OOR = 0x010A06
+
+    MAPI_DEVICE_OOR = 0x010B01
+    MAPI_COLLECTION_OOR = 0x010B03
+    MAPI_UNMAPPED_DEVICE = 0x010B04
+    MAPI_ID_OOR = 0x010B05
+    MAPI_PHYSICALID_OOR = 0x010B06  # EventID used as pINTID is not a valid LPI
+
+    INV_DEVICE_OOR = 0x010C01
+    INV_UNMAPPED_DEVICE = 0x010C04
+    INV_ID_OOR = 0x010C05
+    INV_UNMAPPED_INTERRUPT = 0x010C07
+    INV_UNMAPPED_COLLECTION = 0x010C09
+
+    INVALL_COLLECTION_OOR = 0x010D03
+    INVALL_UNMAPPED_COLLECTION = 0x010D09
+
+    MOVALL_PROCNUM_OOR = 0x010E01
+
+    DISCARD_DEVICE_OOR = 0x010F01
+    DISCARD_UNMAPPED_DEVICE = 0x010F04
+    DISCARD_ID_OOR = 0x010F05
+    DISCARD_UNMAPPED_INTERRUPT = 0x010F07
+    DISCARD_UNMAPPED_COLLECTION = 0x010F09
+
+    # Not architected error codes: vgic reports these for conditions the architecture
+    # leaves IMPLEMENTATION DEFINED (docs/choices.md). They use command byte 0xFF.
+    UNKNOWN_COMMAND = 0x01FF00  # an opcode this ITS does not implement
+    MEMORY_FAULT = 0x01FF01  # a table or queue access outside guest RAM
+
+
+class CommandError(Exception):
+    """Raised by a command handler; carries the code and a one-line explanation."""
+
+    def __init__(self, error: ItsError, explanation: str) -> None:
+        super().__init__(explanation)
+        self.error = error
+        self.explanation = explanation

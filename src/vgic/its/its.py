@@ -1,0 +1,644 @@
+"""The Interrupt Translation Service (IHI 0069 5.2 and chapter 6).
+
+An :class:`Its` translates an MSI, a (DeviceID, EventID) pair written to GITS_TRANSLATER
+by a device, into an LPI on the redistributor of the event's collection:
+
+    DeviceID --device table--> ITT --ITE--> (pINTID, ICID) --collection table--> RDbase
+
+The tables live in guest memory (formats in :mod:`vgic.its.tables`); the ITS keeps host
+caches of the entries it has used, which the architecture permits (5.2) and which every
+command that changes a mapping updates. A translation is three dictionary lookups.
+Commands are read from the guest's ring when GITS_CWRITER moves and run synchronously,
+so GITS_CREADR equals GITS_CWRITER when the write returns (unless the queue stalled).
+
+Lock order, outermost first (acquire in this order, release in reverse; never the other
+way round):
+
+1. ``Its.lock``: ITS registers, command queue, table caches (one per ITS).
+2. ``Redistributor.lock``: one CPU's LPI state and CPU interface. A command that touches
+   two redistributors (MOVI, MOVALL) holds at most one at a time, or both in ascending
+   processor-number order (:meth:`Redistributor.move_pending_to`).
+
+Event-log listeners run with these locks held and must not call back into the GIC.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from vgic.events import EventLog, Kind
+from vgic.gicv3.redistributor import LPI_BASE, Redistributor
+from vgic.its import commands as C
+from vgic.its.errors import CommandError, ItsError
+from vgic.its.registers import (
+    BASER_TYPE_COLLECTION,
+    BASER_TYPE_DEVICE,
+    BASER_TYPE_NONE,
+    GITS_REGISTERS,
+    ItsTyper,
+    sanitise_attributes,
+)
+from vgic.its.tables import (
+    PAGE_SIZES,
+    DeviceEntry,
+    InterruptEntry,
+    TableGeometry,
+    TableWalkError,
+    decode_collection,
+    encode_collection,
+    entry_address,
+)
+from vgic.memory import GuestMemory, MemoryFault
+from vgic.regs import RegisterBank
+from vgic.regs import field as bits
+
+TABLE_ENTRY_SIZE = 8  # device and collection table entries (GITS_BASER<n>.Entry_Size + 1)
+
+
+class ErrorPolicy(enum.Enum):
+    """What the ITS does after a command error (IHI 0069 6.3, "Command errors")."""
+
+    STALL = "stall"  # set GITS_CREADR.Stalled, stop until the guest retries or resets
+    CONTINUE = "continue"  # ignore the command and go on with the next one
+
+
+@dataclass(frozen=True)
+class ItsConfig:
+    """The choices an implementation makes (docs/choices.md)."""
+
+    typer: ItsTyper = field(default_factory=ItsTyper)
+    error_policy: ErrorPolicy = ErrorPolicy.STALL
+    indirect_device_table: bool = True  # GITS_BASER.Indirect supported (two-level tables)
+    indirect_collection_table: bool = True
+    default_device_id: int = 0  # DeviceID of a GITS_TRANSLATER write with no requester
+    baser_types: tuple[int, ...] = (BASER_TYPE_DEVICE, BASER_TYPE_COLLECTION) + (BASER_TYPE_NONE,) * 6
+
+
+@dataclass(slots=True)
+class _Device:
+    """A cached DTE and the ITEs of that device used so far."""
+
+    entry: DeviceEntry
+    events: dict[int, InterruptEntry]
+
+
+# Error codes of the event-translating commands, by check: DeviceID out of range,
+# unmapped device, EventID out of range, unmapped interrupt, unmapped collection.
+@dataclass(frozen=True, slots=True)
+class _EventErrors:
+    device_oor: ItsError
+    unmapped_device: ItsError
+    id_oor: ItsError
+    unmapped_interrupt: ItsError
+    unmapped_collection: ItsError
+
+
+_E = ItsError
+_EVENT_ERRORS = {
+    C.Movi: _EventErrors(_E.MOVI_DEVICE_OOR, _E.MOVI_UNMAPPED_DEVICE, _E.MOVI_ID_OOR,
+                         _E.MOVI_UNMAPPED_INTERRUPT, _E.MOVI_UNMAPPED_COLLECTION),
+    C.Int: _EventErrors(_E.INT_DEVICE_OOR, _E.INT_UNMAPPED_DEVICE, _E.INT_ID_OOR,
+                        _E.INT_UNMAPPED_INTERRUPT, _E.INT_UNMAPPED_COLLECTION),
+    C.Clear: _EventErrors(_E.CLEAR_DEVICE_OOR, _E.CLEAR_UNMAPPED_DEVICE, _E.CLEAR_ID_OOR,
+                          _E.CLEAR_UNMAPPED_INTERRUPT, _E.CLEAR_UNMAPPED_COLLECTION),
+    C.Inv: _EventErrors(_E.INV_DEVICE_OOR, _E.INV_UNMAPPED_DEVICE, _E.INV_ID_OOR,
+                        _E.INV_UNMAPPED_INTERRUPT, _E.INV_UNMAPPED_COLLECTION),
+    C.Discard: _EventErrors(_E.DISCARD_DEVICE_OOR, _E.DISCARD_UNMAPPED_DEVICE, _E.DISCARD_ID_OOR,
+                            _E.DISCARD_UNMAPPED_INTERRUPT, _E.DISCARD_UNMAPPED_COLLECTION),
+}  # fmt: skip
+
+
+class _Miss(Exception):
+    """A translation that fails; ``check`` names the failed step."""
+
+    def __init__(self, check: str, message: str) -> None:
+        super().__init__(message)
+        self.check = check
+
+
+class Its:
+    """One ITS: its GITS_* registers, command queue and translation."""
+
+    def __init__(
+        self,
+        memory: GuestMemory,
+        log: EventLog,
+        redistributors: Sequence[Redistributor],
+        config: ItsConfig | None = None,
+        index: int = 0,
+    ) -> None:
+        self.memory = memory
+        self.log = log
+        self.redistributors = list(redistributors)
+        self.config = config or ItsConfig()
+        self.typer = self.config.typer
+        if self.typer.itt_entry_size < 8:
+            raise ValueError("vgic's ITEs need an ITT entry size of at least 8 bytes")
+        self.index = index
+        self.source = f"its{index}"
+        self.lock = threading.RLock()
+        self.regs = RegisterBank(self, GITS_REGISTERS, log, self.source)
+        self._rd_by_address = {rd.base >> 16: rd for rd in self.redistributors if rd.base is not None}
+        self._handlers: dict[type[C.Command], Callable[[Any], None]] = {
+            C.Mapd: self.MAPD, C.Mapc: self.MAPC, C.Mapti: self.MAPTI, C.Mapi: self.MAPI,
+            C.Movi: self.MOVI, C.Movall: self.MOVALL, C.Discard: self.DISCARD, C.Inv: self.INV,
+            C.Invall: self.INVALL, C.Int: self.INT, C.Clear: self.CLEAR, C.Sync: self.SYNC,
+        }  # fmt: skip
+        self.on_error: Callable[[CommandError, int], None] | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.regs.reset()
+            for n in range(8):
+                self.regs.set("BASER", self._baser_ro(n), n)
+            self._enabled = False
+            self._stalled = False
+            self._queue_invalid = False  # CWRITER written beyond the queue
+            self._creadr = 0
+            self._cwriter = 0
+            self._hcc_collections: dict[int, int] = {}  # ICID -> RDbase, held in the ITS
+            self.bus_device_id: int | None = None  # set by a bus for the next TRANSLATER write
+            self._invalidate_caches()
+
+    def _invalidate_caches(self) -> None:
+        self._devices: dict[int, _Device] = {}
+        self._collections: dict[int, Redistributor] = {}
+        self._dt: TableGeometry | None = None
+        self._ct: TableGeometry | None = None
+        if self._enabled:
+            self._dt = self._geometry(BASER_TYPE_DEVICE)
+            self._ct = self._geometry(BASER_TYPE_COLLECTION)
+
+    # == registers (12.19) ============================================================
+    def read(self, offset: int, size: int) -> int:
+        """A guest load from the ITS frames; never raises."""
+        with self.lock:
+            return self.regs.read(offset, size)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        """A guest store to the ITS frames; never raises."""
+        with self.lock:
+            self.regs.write(offset, size, value)
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    @property
+    def stalled(self) -> bool:
+        return self._stalled
+
+    def read_CTLR(self, index: int) -> int:
+        """Enabled[0]; Quiescent[31] once disabled: commands run synchronously (12.19.6)."""
+        return 1 if self._enabled else 1 << 31
+
+    def write_CTLR(self, index: int, value: int, mask: int) -> None:
+        if not mask & 1:
+            return
+        enable = bool(value & 1)
+        if enable == self._enabled:
+            return
+        if enable:
+            missing = self._missing_tables()
+            if missing:
+                self._diag(f"GITS_CTLR.Enabled=1 refused: {missing} not valid", "IHI0069 12.19.6")
+                return
+            self._enabled = True
+            self._invalidate_caches()
+            self.log.record(Kind.STATE, self.source, "ITS enabled")
+            self._process()
+        else:
+            self._enabled = False
+            self._invalidate_caches()
+            self.log.record(Kind.STATE, self.source, "ITS disabled")
+
+    def _missing_tables(self) -> str:
+        missing = []
+        if not self.regs.get("CBASER") >> 63:
+            missing.append("GITS_CBASER")
+        if self._geometry(BASER_TYPE_DEVICE) is None:
+            missing.append("the device table (GITS_BASER Type=Device)")
+        if self.typer.hcc < self.typer.collections and self._geometry(BASER_TYPE_COLLECTION) is None:
+            missing.append("the collection table (GITS_BASER Type=Collection)")
+        return ", ".join(missing)
+
+    def read_TYPER(self, index: int) -> int:
+        return self.typer.value()
+
+    def write_CBASER(self, index: int, value: int, mask: int) -> None:
+        """Writes while enabled are UNPREDICTABLE: ignored. A write resets CREADR (12.19.3)."""
+        if self._enabled:
+            self._diag("GITS_CBASER written while the ITS is enabled: ignored", "IHI0069 12.19.3")
+            return
+        v = (self.regs.get("CBASER") & ~mask) | (value & mask)
+        v &= 0xB8EF_FFFF_FFFF_FCFF  # Valid, InnerCache, OuterCache, PA[51:12], Shareability, Size
+        self.regs.set("CBASER", sanitise_attributes(v, 59, 10, 53))
+        self._creadr = 0
+        self._stalled = False
+        self._queue_invalid = self._cwriter >= self._queue_bytes()
+
+    def _queue_bytes(self) -> int:
+        return (bits(self.regs.get("CBASER"), 7, 0) + 1) * 4096
+
+    def read_CWRITER(self, index: int) -> int:
+        return self._cwriter
+
+    def write_CWRITER(self, index: int, value: int, mask: int) -> None:
+        """Offset[19:5] and Retry[0] (12.19.5)."""
+        if not mask & 0xFFFFF:
+            return
+        self._cwriter = value & 0xFFFE0
+        if self._cwriter >= self._queue_bytes():
+            # CONSTRAINED UNPREDICTABLE; vgic takes the first choice: the queue is invalid
+            # and no command runs until CWRITER is written with an offset inside it.
+            self._queue_invalid = True
+            self._diag(f"GITS_CWRITER.Offset {self._cwriter:#x} is beyond the {self._queue_bytes():#x}-byte"
+                       " command queue: processing halted until it is written in range",
+                       "IHI0069 12.19.5")  # fmt: skip
+            return
+        self._queue_invalid = False
+        if value & 1 and self._stalled:
+            self._stalled = False
+            self.log.record(Kind.STATE, self.source, "command queue retried", offset=self._creadr)
+        self._process()
+
+    def read_CREADR(self, index: int) -> int:
+        return self._creadr | int(self._stalled)
+
+    def _baser_ro(self, n: int) -> int:
+        """The read-only fields of GITS_BASER<n>: Type and Entry_Size (12.19.1)."""
+        kind = self.config.baser_types[n]
+        if kind == BASER_TYPE_NONE:
+            return 0
+        return kind << 56 | (TABLE_ENTRY_SIZE - 1) << 48
+
+    def read_BASER(self, index: int) -> int:
+        return self.regs.get("BASER", index)
+
+    def write_BASER(self, index: int, value: int, mask: int) -> None:
+        kind = self.config.baser_types[index]
+        if kind == BASER_TYPE_NONE:
+            return  # unimplemented: RES0
+        if self._enabled:
+            self._diag(f"GITS_BASER{index} written while the ITS is enabled: ignored", "IHI0069 12.19.1")
+            return
+        v = (self.regs.get("BASER", index) & ~mask) | (value & mask)
+        indirect_ok = (
+            self.config.indirect_device_table if kind == BASER_TYPE_DEVICE else self.config.indirect_collection_table
+        )
+        if not indirect_ok:
+            v &= ~(1 << 62)
+        page_size = bits(v, 9, 8)
+        if page_size == 3:  # reserved encoding: read back as 64 KB
+            v = (v & ~(3 << 8)) | 2 << 8
+            page_size = 2
+        # PA: [47:12]; 16 KB pages: [13:12] RES0; 64 KB pages: [15:12] hold PA[51:48].
+        pa_mask = 0x0000_FFFF_FFFF_F000 if page_size != 1 else 0x0000_FFFF_FFFF_C000
+        v &= 0xC000_0000_0000_0000 | 0x38E0_0000_0000_0000 | pa_mask | 0xFFF
+        v = sanitise_attributes(v, 59, 10, 53)
+        self.regs.set("BASER", v | self._baser_ro(index), index)
+        self._invalidate_caches()
+
+    def _geometry(self, kind: int) -> TableGeometry | None:
+        """The table of the given type, from its GITS_BASER<n>, or None if not Valid."""
+        for n, k in enumerate(self.config.baser_types):
+            if k != kind:
+                continue
+            v = self.regs.get("BASER", n)
+            if not v >> 63:
+                return None
+            page_size = PAGE_SIZES[bits(v, 9, 8)]
+            base = v & 0x0000_FFFF_FFFF_F000 & ~(page_size - 1)
+            if page_size == 65536:
+                base |= bits(v, 15, 12) << 48
+            return TableGeometry(base, page_size, bits(v, 7, 0) + 1, bits(v, 52, 48) + 1, bool(v >> 62 & 1))
+        return None
+
+    def write_TRANSLATER(self, index: int, value: int, mask: int) -> None:
+        """An MSI: EventID is the data, DeviceID comes from the bus (12.19.21)."""
+        if not mask & 1:
+            return
+        device_id = self.bus_device_id
+        self.bus_device_id = None
+        if device_id is None:
+            device_id = self.config.default_device_id
+        self._translate(device_id, value & mask & 0xFFFFFFFF)
+
+    # == MSI translation (5.2.2) ======================================================
+    def msi(self, device_id: int, event_id: int) -> bool:
+        """A device's write of ``event_id`` to GITS_TRANSLATER. True if an LPI was set pending."""
+        with self.lock:
+            return self._translate(device_id, event_id)
+
+    def _translate(self, device_id: int, event_id: int) -> bool:
+        if not self._enabled:
+            self._fault(device_id, event_id, "the ITS is disabled (GITS_CTLR.Enabled=0)")
+            return False
+        try:
+            dev = self._devices.get(device_id) or self._load_device(device_id)
+            ite = dev.events.get(event_id) or self._load_event(dev, device_id, event_id)
+            rd = self._collections.get(ite.icid) or self._load_collection(ite.icid)
+        except _Miss as miss:
+            self._fault(device_id, event_id, str(miss))
+            return False
+        except MemoryFault as fault:
+            self._fault(device_id, event_id, f"table access faulted: {fault}")
+            return False
+        if self.log.wants(Kind.TRANSLATION):
+            self.log.record(Kind.TRANSLATION, self.source,
+                            f"MSI DeviceID={device_id:#x} EventID={event_id} -> LPI {ite.pintid} on CPU {rd.index}",
+                            device_id=device_id, event_id=event_id, intid=ite.pintid, cpu=rd.index)  # fmt: skip
+        return rd.set_lpi_pending(ite.pintid, f"(MSI {device_id:#x}/{event_id})")
+
+    def _fault(self, device_id: int, event_id: int, why: str) -> None:
+        self.log.record(Kind.TRANSLATION_FAULT, self.source,
+                        f"MSI DeviceID={device_id:#x} EventID={event_id} ignored: {why}",
+                        device_id=device_id, event_id=event_id, rule="IHI0069 12.19.21")  # fmt: skip
+
+    # -- table walks (each may raise _Miss or MemoryFault) ----------------------------
+    def _dte_address(self, device_id: int) -> int:
+        if device_id >= 1 << self.typer.devbits:
+            raise _Miss("device_oor", f"DeviceID {device_id:#x} needs more than Devbits={self.typer.devbits}")
+        if self._dt is None:
+            raise _Miss("device_oor", "no valid device table")
+        try:
+            return entry_address(self.memory, self._dt, device_id)
+        except TableWalkError as e:
+            raise _Miss("device_oor", f"DeviceID {device_id:#x} is outside the device table: {e}") from None
+
+    def _load_device(self, device_id: int) -> _Device:
+        entry = DeviceEntry.decode(self.memory.read64(self._dte_address(device_id)))
+        if entry is None:
+            raise _Miss("unmapped_device", f"DeviceID {device_id:#x} is not mapped (no MAPD V=1)")
+        dev = _Device(entry, {})
+        self._devices[device_id] = dev
+        return dev
+
+    def _ite_address(self, dev: _Device, event_id: int) -> int:
+        return dev.entry.itt_addr + event_id * self.typer.itt_entry_size
+
+    def _load_event(self, dev: _Device, device_id: int, event_id: int) -> InterruptEntry:
+        if event_id >= dev.entry.events:
+            raise _Miss("id_oor", f"EventID {event_id} is beyond the {dev.entry.events} events MAPD gave "
+                                  f"DeviceID {device_id:#x}")  # fmt: skip
+        ite = InterruptEntry.decode(self.memory.read64(self._ite_address(dev, event_id)))
+        if ite is None:
+            raise _Miss("unmapped_interrupt", f"EventID {event_id} of DeviceID {device_id:#x} is not mapped")
+        dev.events[event_id] = ite
+        return ite
+
+    def _cte_address(self, icid: int) -> int | None:
+        """Address of the CTE of ``icid``, or None for a collection held in the ITS (HCC)."""
+        if icid >= self.typer.collections:
+            raise _Miss("collection_oor", f"ICID {icid} needs more than {self.typer.collections} collections")
+        if icid < self.typer.hcc:
+            return None
+        if self._ct is None:
+            raise _Miss("collection_oor", "no valid collection table")
+        try:
+            return entry_address(self.memory, self._ct, icid - self.typer.hcc)
+        except TableWalkError as e:
+            raise _Miss("collection_oor", f"ICID {icid} is outside the collection table: {e}") from None
+
+    def _load_collection(self, icid: int) -> Redistributor:
+        addr = self._cte_address(icid)
+        rdbase = self._hcc_collections.get(icid) if addr is None else decode_collection(self.memory.read64(addr))
+        rd = None if rdbase is None else self._redistributor(rdbase)
+        if rd is None:
+            raise _Miss("unmapped_collection", f"collection {icid} is not mapped (no MAPC V=1)")
+        self._collections[icid] = rd
+        return rd
+
+    def _redistributor(self, rdbase: int) -> Redistributor | None:
+        """The redistributor an RDbase names (GITS_TYPER.PTA), or None."""
+        if self.typer.pta:
+            return self._rd_by_address.get(rdbase)
+        return self.redistributors[rdbase] if rdbase < len(self.redistributors) else None
+
+    # == the command queue (6.2) =======================================================
+    def _process(self) -> None:
+        """Run commands from CREADR up to CWRITER. At most one pass over the queue."""
+        if not self._enabled or self._stalled or self._queue_invalid:
+            return
+        cbaser = self.regs.get("CBASER")
+        base = cbaser & 0x000F_FFFF_FFFF_F000
+        size = self._queue_bytes()
+        while self._creadr != self._cwriter:
+            offset = self._creadr
+            cmd: C.Command | None = None
+            try:
+                cmd = C.decode(self.memory.read_bytes(base + offset, C.COMMAND_SIZE))
+                handler = self._handlers.get(type(cmd))
+                if handler is None:
+                    raise CommandError(ItsError.UNKNOWN_COMMAND, f"{cmd.name} is not a command this ITS implements")
+                handler(cmd)
+            except CommandError as err:
+                if self._command_error(err, offset, cmd):
+                    return
+            except MemoryFault as fault:
+                if self._command_error(CommandError(ItsError.MEMORY_FAULT, str(fault)), offset, cmd):
+                    return
+            else:
+                if self.log.wants(Kind.COMMAND):
+                    self.log.record(Kind.COMMAND, self.source, cmd.name, offset=offset,
+                                    command=C.format_command(cmd))  # fmt: skip
+            self._creadr = (offset + C.COMMAND_SIZE) % size
+
+    def _command_error(self, err: CommandError, offset: int, cmd: C.Command | None) -> bool:
+        """Record a command error; True if the queue stalls (error policy)."""
+        stall = self.config.error_policy is ErrorPolicy.STALL
+        then = "queue stalled" if stall else "command ignored"
+        self.log.record(Kind.COMMAND_ERROR, self.source, f"{err.error.name}: {err.explanation}; {then}",
+                        code=int(err.error), offset=offset,
+                        command=C.format_command(cmd) if cmd else None, rule="IHI0069 6.3")  # fmt: skip
+        if self.on_error is not None:
+            self.on_error(err, offset)
+        if stall:
+            self._stalled = True
+            return True
+        return False
+
+    # -- shared checks for the commands --------------------------------------------
+    def _check_device(self, device_id: int, oor: ItsError) -> int:
+        try:
+            return self._dte_address(device_id)
+        except _Miss as miss:
+            raise CommandError(oor, str(miss)) from None
+
+    def _check_collection(self, icid: int, oor: ItsError) -> int | None:
+        try:
+            return self._cte_address(icid)
+        except _Miss as miss:
+            raise CommandError(oor, str(miss)) from None
+
+    def _mapped_device(self, device_id: int, errors: _EventErrors) -> _Device:
+        self._check_device(device_id, errors.device_oor)
+        try:
+            return self._devices.get(device_id) or self._load_device(device_id)
+        except _Miss as miss:
+            raise CommandError(errors.unmapped_device, str(miss)) from None
+
+    def _mapped_event(self, cmd: C.Movi | C.Int | C.Clear | C.Inv | C.Discard) -> tuple[_Device, InterruptEntry]:
+        """DeviceID -> DTE -> ITE for a command naming an event, with its error codes."""
+        errors = _EVENT_ERRORS[type(cmd)]
+        dev = self._mapped_device(cmd.device_id, errors)
+        try:
+            ite = dev.events.get(cmd.event_id) or self._load_event(dev, cmd.device_id, cmd.event_id)
+        except _Miss as miss:
+            code = errors.id_oor if miss.check == "id_oor" else errors.unmapped_interrupt
+            raise CommandError(code, str(miss)) from None
+        return dev, ite
+
+    def _mapped_collection(self, icid: int, unmapped: ItsError) -> Redistributor:
+        try:
+            return self._collections.get(icid) or self._load_collection(icid)
+        except _Miss as miss:
+            raise CommandError(unmapped, str(miss)) from None
+
+    def _target(self, cmd: C.Int | C.Clear | C.Inv | C.Discard) -> tuple[_Device, InterruptEntry, Redistributor]:
+        dev, ite = self._mapped_event(cmd)
+        return dev, ite, self._mapped_collection(ite.icid, _EVENT_ERRORS[type(cmd)].unmapped_collection)
+
+    def _write_ite(self, dev: _Device, event_id: int, ite: InterruptEntry | None) -> None:
+        addr = self._ite_address(dev, event_id)
+        self.memory.write64(addr, 0 if ite is None else ite.encode())
+        if self.typer.itt_entry_size > 8:
+            self.memory.fill(addr + 8, self.typer.itt_entry_size - 8)
+        if ite is None:
+            dev.events.pop(event_id, None)
+        else:
+            dev.events[event_id] = ite
+
+    def _check_pintid(self, pintid: int, oor: ItsError) -> None:
+        if not LPI_BASE <= pintid < 1 << self.typer.idbits:
+            raise CommandError(oor, f"pINTID {pintid} is not an LPI this ITS supports "
+                                    f"({LPI_BASE} to {(1 << self.typer.idbits) - 1})")  # fmt: skip
+
+    # == the commands, one handler each (6.3) ===========================================
+    def MAPD(self, cmd: C.Mapd) -> None:
+        """Map a DeviceID to an ITT of 2^(Size+1) events, or unmap it (6.3.8)."""
+        addr = self._check_device(cmd.device_id, ItsError.MAPD_DEVICE_OOR)
+        if cmd.valid and cmd.size + 1 > self.typer.idbits:
+            raise CommandError(ItsError.MAPD_ITTSIZE_OOR,
+                               f"Size={cmd.size} asks for {cmd.size + 1} EventID bits; ID_bits allows "
+                               f"{self.typer.idbits}")  # fmt: skip
+        if cmd.valid:
+            entry = DeviceEntry(cmd.itt_addr, cmd.size)
+            self.memory.write64(addr, entry.encode())
+            self._devices[cmd.device_id] = _Device(entry, {})
+        else:
+            self.memory.write64(addr, 0)
+            self._devices.pop(cmd.device_id, None)
+
+    def MAPC(self, cmd: C.Mapc) -> None:
+        """Map a collection to a redistributor, or unmap it (6.3.7)."""
+        rd = self._redistributor(cmd.rdbase)
+        if cmd.valid and rd is None:
+            what = "a redistributor's RD_base[51:16]" if self.typer.pta else "a processor number"
+            raise CommandError(ItsError.MAPC_PROCNUM_OOR, f"RDbase {cmd.rdbase:#x} is not {what}")
+        addr = self._check_collection(cmd.icid, ItsError.MAPC_COLLECTION_OOR)
+        if addr is None:
+            if cmd.valid:
+                self._hcc_collections[cmd.icid] = cmd.rdbase
+            else:
+                self._hcc_collections.pop(cmd.icid, None)
+        else:
+            self.memory.write64(addr, encode_collection(cmd.rdbase) if cmd.valid else 0)
+        if rd is not None and cmd.valid:
+            self._collections[cmd.icid] = rd
+        else:
+            self._collections.pop(cmd.icid, None)
+
+    def MAPTI(self, cmd: C.Mapti | C.Mapi) -> None:
+        """Map an event to an LPI and a collection (6.3.10). Remapping is UNPREDICTABLE:
+        vgic replaces the mapping (as QEMU does) and records a diagnostic."""
+        e = ItsError
+        is_mapi = isinstance(cmd, C.Mapi)
+        oor, col_oor, unmapped, id_oor, phys_oor = (
+            (e.MAPI_DEVICE_OOR, e.MAPI_COLLECTION_OOR, e.MAPI_UNMAPPED_DEVICE, e.MAPI_ID_OOR, e.MAPI_PHYSICALID_OOR)
+            if is_mapi
+            else (e.MAPTI_DEVICE_OOR, e.MAPTI_COLLECTION_OOR, e.MAPTI_UNMAPPED_DEVICE, e.MAPTI_ID_OOR,
+                  e.MAPTI_PHYSICALID_OOR)
+        )  # fmt: skip
+        pintid = cmd.event_id if isinstance(cmd, C.Mapi) else cmd.pintid
+        self._check_device(cmd.device_id, oor)
+        self._check_collection(cmd.icid, col_oor)
+        try:
+            dev = self._devices.get(cmd.device_id) or self._load_device(cmd.device_id)
+        except _Miss as miss:
+            raise CommandError(unmapped, str(miss)) from None
+        if cmd.event_id >= dev.entry.events:
+            raise CommandError(id_oor, f"EventID {cmd.event_id} is beyond the {dev.entry.events} events "
+                                       f"MAPD gave DeviceID {cmd.device_id:#x}")  # fmt: skip
+        self._check_pintid(pintid, phys_oor)
+        old = dev.events.get(cmd.event_id) or InterruptEntry.decode(
+            self.memory.read64(self._ite_address(dev, cmd.event_id))
+        )
+        if old is not None:
+            self._diag(f"{cmd.name} of DeviceID {cmd.device_id:#x} EventID {cmd.event_id}, already mapped to "
+                       f"LPI {old.pintid}: UNPREDICTABLE, mapping replaced", "IHI0069 6.3.10")  # fmt: skip
+        self._write_ite(dev, cmd.event_id, InterruptEntry(pintid, cmd.icid))
+
+    def MAPI(self, cmd: C.Mapi) -> None:
+        """MAPTI with pINTID = EventID (6.3.9)."""
+        self.MAPTI(cmd)
+
+    def MOVI(self, cmd: C.Movi) -> None:
+        """Move an event to another collection; its pending state follows (6.3.11)."""
+        dev, ite = self._mapped_event(cmd)
+        self._check_collection(cmd.icid, ItsError.MOVI_COLLECTION_OOR)
+        old_rd = self._mapped_collection(ite.icid, ItsError.MOVI_UNMAPPED_COLLECTION)
+        new_rd = self._mapped_collection(cmd.icid, ItsError.MOVI_UNMAPPED_COLLECTION)
+        if old_rd is not new_rd:
+            old_rd.move_pending_to(new_rd, [ite.pintid])
+        self._write_ite(dev, cmd.event_id, InterruptEntry(ite.pintid, cmd.icid))
+
+    def MOVALL(self, cmd: C.Movall) -> None:
+        """Move every pending LPI of RDbase1 to RDbase2, ORed into its state (6.3.12)."""
+        rd1 = self._redistributor(cmd.rdbase1)
+        rd2 = self._redistributor(cmd.rdbase2)
+        if rd1 is None or rd2 is None:
+            bad = cmd.rdbase1 if rd1 is None else cmd.rdbase2
+            raise CommandError(ItsError.MOVALL_PROCNUM_OOR, f"RDbase {bad:#x} names no redistributor")
+        if rd1 is not rd2:
+            rd1.move_pending_to(rd2)
+
+    def DISCARD(self, cmd: C.Discard) -> None:
+        """Remove an event's mapping and its LPI's pending state (6.3.3)."""
+        dev, ite, rd = self._target(cmd)
+        rd.clear_lpi_pending(ite.pintid)
+        self._write_ite(dev, cmd.event_id, None)
+
+    def INV(self, cmd: C.Inv) -> None:
+        """Reload the configuration of an event's LPI (6.3.6)."""
+        _, ite, rd = self._target(cmd)
+        rd.invalidate_lpi(ite.pintid)
+
+    def INVALL(self, cmd: C.Invall) -> None:
+        """Reload the configuration of every LPI on a collection's redistributor (6.3.4)."""
+        self._check_collection(cmd.icid, ItsError.INVALL_COLLECTION_OOR)
+        self._mapped_collection(cmd.icid, ItsError.INVALL_UNMAPPED_COLLECTION).invalidate_all()
+
+    def INT(self, cmd: C.Int) -> None:
+        """Make an event's LPI pending, as an MSI would (6.3.5)."""
+        _, ite, rd = self._target(cmd)
+        rd.set_lpi_pending(ite.pintid, f"(INT {cmd.device_id:#x}/{cmd.event_id})")
+
+    def CLEAR(self, cmd: C.Clear) -> None:
+        """Remove the pending state of an event's LPI (6.3.1)."""
+        _, ite, rd = self._target(cmd)
+        rd.clear_lpi_pending(ite.pintid)
+
+    def SYNC(self, cmd: C.Sync) -> None:
+        """Commands take effect synchronously, so SYNC only checks its RDbase (6.3.13)."""
+        if self._redistributor(cmd.rdbase) is None:
+            self._diag(f"SYNC RDbase {cmd.rdbase:#x} names no redistributor: UNPREDICTABLE, ignored",
+                       "IHI0069 6.3.13")  # fmt: skip
+
+    def _diag(self, message: str, rule: str) -> None:
+        self.log.record(Kind.DIAGNOSTIC, self.source, message, rule=rule)

@@ -1,0 +1,109 @@
+"""The GITS_* register file (IHI 0069 12.19) as data, plus field helpers.
+
+Offsets are from ITS_base; the second 64 KB frame holds GITS_TRANSLATER. Registers
+without a row here are reserved or IMPLEMENTATION DEFINED space and are RAZ/WI. The
+behaviour of CTLR, TYPER, CBASER, CWRITER, CREADR, BASER<n> and TRANSLATER lives in
+``read_<name>`` / ``write_<name>`` methods of :class:`vgic.its.its.Its`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vgic.regs import Access, Register, field
+
+ITS_FRAME_SIZE = 0x20000  # GICv3: control frame + translation frame
+
+# GITS_BASER<n>.Type (12.19.1)
+BASER_TYPE_NONE = 0
+BASER_TYPE_DEVICE = 1
+BASER_TYPE_VPE = 2
+BASER_TYPE_COLLECTION = 4
+
+# Shareability and cacheability encodings (12.19.1)
+SH_NON, SH_INNER, SH_OUTER = 0, 1, 2
+CACHE_NCNB, CACHE_NC, CACHE_RAWB, CACHE_RAWAWB = 0, 1, 3, 7
+
+# GITS_PIDR4..7, PIDR0..3, CIDR0..3 at 0xFFD0..0xFFFC. PIDR2[7:4] = ArchRev 3 (GICv3).
+ID_REGISTERS = (0x44, 0x00, 0x00, 0x00, 0x94, 0xB4, 0x3B, 0x00, 0x0D, 0xF0, 0x05, 0xB1)
+ID_NAMES = ("PIDR4", "PIDR5", "PIDR6", "PIDR7", "PIDR0", "PIDR1", "PIDR2", "PIDR3",
+            "CIDR0", "CIDR1", "CIDR2", "CIDR3")  # fmt: skip
+
+GITS_IIDR_VALUE = 0x5600043B  # ProductID 'V'(0x56), Implementer 0x43B; IMPLEMENTATION DEFINED
+
+GITS_REGISTERS: list[Register] = [
+    Register("CTLR", 0x0000, 4, reset=1 << 31),
+    Register("IIDR", 0x0004, 4, reset=GITS_IIDR_VALUE, access=Access.RO),
+    Register("TYPER", 0x0008, 8, access=Access.RO),
+    # GICv4.1 and UMSI registers: not implemented (TYPER.UMSI=0), so RES0 (RAZ/WI).
+    Register("MPIDR", 0x0010, 4, access=Access.RAZ_WI),
+    Register("STATUSR", 0x0040, 4, access=Access.RAZ_WI),
+    Register("UMSIR", 0x0048, 8, access=Access.RAZ_WI),
+    Register("CBASER", 0x0080, 8),
+    Register("CWRITER", 0x0088, 8),
+    Register("CREADR", 0x0090, 8, access=Access.RO),
+    Register("BASER", 0x0100, 8, count=8),
+    *(
+        Register(name, 0xFFD0 + 4 * i, 4, reset=val, access=Access.RO)
+        for i, (name, val) in enumerate(zip(ID_NAMES, ID_REGISTERS, strict=True))
+    ),
+    Register("TRANSLATER", 0x10040, 4, access=Access.WO, byte_access=True),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ItsTyper:
+    """GITS_TYPER fields this ITS implements (12.19.22); :meth:`value` is the register."""
+
+    devbits: int = 16  # DeviceID bits
+    idbits: int = 16  # EventID bits; also the LPI INTID bits MAPTI accepts
+    cidbits: int = 16  # collection ID bits (reported when cil)
+    cil: bool = True
+    pta: bool = False  # RDbase is a physical address (True) or a processor number
+    itt_entry_size: int = 8
+    hcc: int = 0  # collections held in the ITS, needing no collection table
+    seis: bool = False
+
+    def value(self) -> int:
+        v = 1  # Physical
+        v |= (self.itt_entry_size - 1) << 4
+        v |= (self.idbits - 1) << 8
+        v |= (self.devbits - 1) << 13
+        v |= int(self.seis) << 18
+        v |= int(self.pta) << 19
+        v |= (self.hcc & 0xFF) << 24
+        if self.cil:
+            v |= (self.cidbits - 1) << 32 | 1 << 36
+        return v
+
+    @property
+    def collections(self) -> int:
+        """Number of ICIDs: 2^CIDbits with CIL=1, else 2^16 (12.19.22)."""
+        return 1 << (self.cidbits if self.cil else 16)
+
+
+# -- sanitising memory attributes (choices documented in docs/choices.md) ------------
+
+
+def sanitise_shareability(sh: int) -> int:
+    """Outer Shareable and the reserved encoding read back as Inner Shareable."""
+    return SH_INNER if sh in (SH_OUTER, 3) else sh
+
+
+def sanitise_inner_cache(c: int) -> int:
+    """vgic accesses tables coherently: non-cacheable inner attributes read back RaWb."""
+    return CACHE_RAWB if c in (CACHE_NCNB, CACHE_NC) else c
+
+
+def sanitise_outer_cache(c: int) -> int:
+    """Only SameAsInner (0) and Non-cacheable (1) are kept for the outer attribute."""
+    return c if c in (0, 1) else 0
+
+
+def sanitise_attributes(v: int, inner_lo: int, sh_lo: int, outer_lo: int) -> int:
+    """``v`` with InnerCache, Shareability and OuterCache fields sanitised."""
+    inner = sanitise_inner_cache(field(v, inner_lo + 2, inner_lo))
+    sh = sanitise_shareability(field(v, sh_lo + 1, sh_lo))
+    outer = sanitise_outer_cache(field(v, outer_lo + 2, outer_lo))
+    v &= ~(7 << inner_lo | 3 << sh_lo | 7 << outer_lo)
+    return v | inner << inner_lo | sh << sh_lo | outer << outer_lo

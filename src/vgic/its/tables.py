@@ -1,0 +1,131 @@
+"""ITS tables in guest memory: device table, collection table, ITTs (IHI 0069 5.2).
+
+The architecture leaves entry formats IMPLEMENTATION DEFINED and shows software only
+GITS_BASER<n>.Entry_Size. vgic uses 8-byte entries (docs/tables.md):
+
+* DTE  [63] V, [48:5] ITT_addr[51:8], [4:0] Size (EventID bits - 1)
+* CTE  [63] V, [35:0] RDbase (processor number, or PA[51:16] when GITS_TYPER.PTA=1)
+* ITE  [63] V, [47:16] pINTID, [15:0] ICID      (ITT entry size: GITS_TYPER.ITT_entry_size)
+
+The walks here only compute addresses and encode/decode entries; they read and write
+guest memory and let :class:`~vgic.memory.MemoryFault` through to the ITS, which turns it
+into a command error. A table is described once, by :class:`TableGeometry`, from a BASER.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vgic.memory import GuestMemory
+
+PAGE_SIZES = (4096, 16384, 65536)  # GITS_BASER.Page_Size 0, 1, 2
+L1_ENTRY_SIZE = 8  # an Indirect table's level-1 entries: [63] Valid, L2 page address
+
+
+@dataclass(frozen=True, slots=True)
+class TableGeometry:
+    """Where a table described by a GITS_BASER<n> lives, and how many IDs it holds."""
+
+    base: int  # physical address of the (level-1) table
+    page_size: int
+    pages: int  # Size + 1
+    entry_size: int
+    indirect: bool
+
+    @property
+    def bytes(self) -> int:
+        return self.page_size * self.pages
+
+    @property
+    def capacity(self) -> int:
+        """How many IDs the table can index (5.2.1)."""
+        if self.indirect:
+            return (self.bytes // L1_ENTRY_SIZE) * (self.page_size // self.entry_size)
+        return self.bytes // self.entry_size
+
+
+class TableWalkError(Exception):
+    """An ID the table cannot hold: beyond its size, or behind an invalid level-1 entry."""
+
+
+def entry_address(mem: GuestMemory, geo: TableGeometry, ident: int) -> int:
+    """Guest physical address of the entry for ``ident``.
+
+    For a two-level table the level-1 index is ``ident // (page_size / entry_size)``, each
+    level-1 entry 8 bytes (5.2.1). Raises :class:`TableWalkError` when the ID is beyond
+    the table or its level-1 entry is not Valid, and MemoryFault for unreachable memory.
+    """
+    if ident < 0 or ident >= geo.capacity:
+        raise TableWalkError(f"ID {ident:#x} is beyond the table's {geo.capacity} entries")
+    if not geo.indirect:
+        return geo.base + ident * geo.entry_size
+    per_page = geo.page_size // geo.entry_size
+    l1 = mem.read64(geo.base + (ident // per_page) * L1_ENTRY_SIZE)
+    if not l1 >> 63:
+        raise TableWalkError(f"level-1 entry {ident // per_page} for ID {ident:#x} is not Valid")
+    l2 = l1 & 0x000FFFFFFFFFF000 & ~(geo.page_size - 1)
+    return l2 + (ident % per_page) * geo.entry_size
+
+
+# -- entries ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceEntry:
+    """DTE: a mapped device's ITT."""
+
+    itt_addr: int
+    size: int  # EventID bits - 1
+
+    @property
+    def events(self) -> int:
+        return 1 << (self.size + 1)
+
+    def encode(self) -> int:
+        return 1 << 63 | ((self.itt_addr >> 8) & ((1 << 44) - 1)) << 5 | (self.size & 0x1F)
+
+    @staticmethod
+    def decode(raw: int) -> DeviceEntry | None:
+        if not raw >> 63:
+            return None
+        return DeviceEntry(((raw >> 5) & ((1 << 44) - 1)) << 8, raw & 0x1F)
+
+
+@dataclass(frozen=True, slots=True)
+class InterruptEntry:
+    """ITE: a physical LPI and its collection."""
+
+    pintid: int
+    icid: int
+
+    def encode(self) -> int:
+        return 1 << 63 | (self.pintid & 0xFFFFFFFF) << 16 | (self.icid & 0xFFFF)
+
+    @staticmethod
+    def decode(raw: int) -> InterruptEntry | None:
+        if not raw >> 63:
+            return None
+        return InterruptEntry((raw >> 16) & 0xFFFFFFFF, raw & 0xFFFF)
+
+
+def encode_collection(rdbase: int) -> int:
+    """CTE for a mapped collection."""
+    return 1 << 63 | (rdbase & ((1 << 36) - 1))
+
+
+def decode_collection(raw: int) -> int | None:
+    """RDbase of a CTE, or None when the collection is unmapped."""
+    if not raw >> 63:
+        return None
+    return raw & ((1 << 36) - 1)
+
+
+def read_entry(mem: GuestMemory, address: int, entry_size: int) -> int:
+    """An entry's first 8 bytes (entries wider than 8 bytes keep the rest zero)."""
+    return mem.read64(address)
+
+
+def write_entry(mem: GuestMemory, address: int, entry_size: int, raw: int) -> None:
+    mem.write64(address, raw)
+    if entry_size > 8:
+        mem.fill(address + 8, entry_size - 8)

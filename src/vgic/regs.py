@@ -1,0 +1,205 @@
+"""Memory-mapped register files described as data.
+
+A device lists its registers as :class:`Register` rows (name, offset, width, reset,
+access policy, writable bits). :class:`RegisterBank` turns MMIO accesses into calls on
+the device, with one rule set for every GIC block:
+
+* A 64-bit register is also two 32-bit halves: CPU engines split 64-bit accesses, and
+  the architecture permits 32-bit access to either half (IHI 0069 12.1.3).
+* A plain storage register keeps its value; writes change only ``wmask`` bits.
+* A register with behaviour has ``read_<name>(index)`` and/or
+  ``write_<name>(index, value, mask)`` methods on the device. ``mask`` tells which bits the
+  access wrote, so a handler acting on a field knows whether that field was written.
+* Offsets with no register are reserved: RAZ/WI (IHI 0069 12.1.2), with a diagnostic.
+* Access widths (documented in docs/choices.md): 32-bit everywhere; 64-bit on 64-bit
+  registers; a 64-bit access to a 32-bit register is split into two 32-bit accesses (what
+  the Unicorn engine does anyway) with a diagnostic; 8-bit only on registers marked
+  ``byte_access``; anything else, and misaligned accesses, are RAZ/WI with a diagnostic.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from vgic.events import EventLog, Kind
+
+
+class Access(enum.Enum):
+    RW = "RW"
+    RO = "RO"
+    WO = "WO"
+    RAZ_WI = "RAZ/WI"
+
+
+@dataclass(frozen=True, slots=True)
+class Register:
+    name: str
+    offset: int
+    width: int = 4  # bytes: 4 or 8
+    reset: int = 0
+    access: Access = Access.RW
+    wmask: int = -1  # writable bits of a storage register (-1: all)
+    count: int = 1  # an array of registers at offset + i * width
+    byte_access: bool = False  # 8-bit accesses permitted (e.g. GICD_IPRIORITYR)
+
+    @property
+    def size(self) -> int:
+        return self.width * self.count
+
+
+_Slot = tuple[Register, int, int]  # register, index in its array, byte offset within it
+
+
+class RegisterBank:
+    """Dispatch MMIO accesses to a device's registers.
+
+    Storage registers keep their values in :attr:`values` (``name -> list per index``),
+    which save/restore and inspection read directly.
+    """
+
+    def __init__(self, device: object, registers: list[Register], log: EventLog, source: str) -> None:
+        self.device = device
+        self.log = log
+        self.source = source
+        self.registers = {r.name: r for r in registers}
+        self.values: dict[str, list[int]] = {}
+        self._words: dict[int, _Slot] = {}
+        self._readers: dict[str, Callable[[int], int] | None] = {}
+        self._writers: dict[str, Callable[[int, int, int], None] | None] = {}
+        for r in registers:
+            self.values[r.name] = [r.reset] * r.count
+            self._readers[r.name] = getattr(device, f"read_{r.name}", None)
+            self._writers[r.name] = getattr(device, f"write_{r.name}", None)
+            for i in range(r.count):
+                base = r.offset + i * r.width
+                for w in range(0, r.width, 4):
+                    if base + w in self._words:
+                        raise ValueError(f"register {r.name} overlaps at {base + w:#x}")
+                    self._words[base + w] = (r, i, w)
+
+    def reset(self) -> None:
+        for r in self.registers.values():
+            self.values[r.name] = [r.reset] * r.count
+
+    # -- value access for handlers and tools ----------------------------------------
+    def get(self, name: str, index: int = 0) -> int:
+        return self.values[name][index]
+
+    def set(self, name: str, value: int, index: int = 0) -> None:
+        r = self.registers[name]
+        self.values[name][index] = value & ((1 << (8 * r.width)) - 1)
+
+    def peek(self, name: str, index: int = 0) -> int:
+        """The full value a read of the register would return (no side effects)."""
+        r = self.registers[name]
+        return self._value(r, index)
+
+    def _value(self, r: Register, index: int) -> int:
+        if r.access is Access.RAZ_WI or r.access is Access.WO:
+            return 0
+        reader = self._readers[r.name]
+        if reader is not None:
+            return reader(index)
+        return self.values[r.name][index]
+
+    # -- MMIO ------------------------------------------------------------------------
+    def _diag(self, message: str, offset: int) -> None:
+        self.log.record(Kind.DIAGNOSTIC, self.source, message, offset=offset, rule="IHI0069 12.1")
+
+    def read(self, offset: int, size: int) -> int:
+        """A guest load of ``size`` bytes at ``offset``; never raises."""
+        if size == 8 and offset % 8 == 0:
+            slot = self._words.get(offset)
+            if slot is not None and slot[0].width == 4:
+                self._diag(f"64-bit read of 32-bit register {slot[0].name}: split in two", offset)
+                return self.read(offset, 4) | (self.read(offset + 4, 4) << 32)
+            if slot is None:
+                return self._reserved(offset, size, None)
+            r, i, _ = slot
+            return self._value(r, i)
+        if size == 4 and offset % 4 == 0:
+            slot = self._words.get(offset)
+            if slot is None:
+                return self._reserved(offset, size, None)
+            r, i, w = slot
+            return (self._value(r, i) >> (8 * w)) & 0xFFFFFFFF
+        if size in (1, 2) and offset % size == 0:
+            slot = self._words.get(offset & ~3)
+            if slot is not None and slot[0].byte_access:
+                r, i, w = slot
+                shift = 8 * (w + (offset & 3))
+                return (self._value(r, i) >> shift) & ((1 << (8 * size)) - 1)
+        self._diag(f"unsupported {size}-byte read at {offset:#x}: RAZ", offset)
+        return 0
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        """A guest store of ``size`` bytes at ``offset``; never raises."""
+        if size == 8 and offset % 8 == 0:
+            slot = self._words.get(offset)
+            if slot is not None and slot[0].width == 4:
+                self._diag(f"64-bit write of 32-bit register {slot[0].name}: split in two", offset)
+                self.write(offset, 4, value & 0xFFFFFFFF)
+                self.write(offset + 4, 4, value >> 32)
+                return
+            if slot is None:
+                self._reserved(offset, size, value)
+                return
+            r, i, _ = slot
+            self._store(r, i, value & 0xFFFFFFFFFFFFFFFF, 0xFFFFFFFFFFFFFFFF, offset)
+            return
+        if size == 4 and offset % 4 == 0:
+            slot = self._words.get(offset)
+            if slot is None:
+                self._reserved(offset, size, value)
+                return
+            r, i, w = slot
+            shift = 8 * w
+            self._store(r, i, (value & 0xFFFFFFFF) << shift, 0xFFFFFFFF << shift, offset)
+            return
+        if size in (1, 2) and offset % size == 0:
+            slot = self._words.get(offset & ~3)
+            if slot is not None and slot[0].byte_access:
+                r, i, w = slot
+                shift = 8 * (w + (offset & 3))
+                bits = (1 << (8 * size)) - 1
+                self._store(r, i, (value & bits) << shift, bits << shift, offset)
+                return
+        self._diag(f"unsupported {size}-byte write at {offset:#x}: ignored", offset)
+
+    def _store(self, r: Register, index: int, value: int, mask: int, offset: int) -> None:
+        if r.access is Access.RO:
+            self._diag(f"write to read-only register {r.name}: ignored", offset)
+            return
+        if r.access is Access.RAZ_WI:
+            return
+        writer = self._writers[r.name]
+        if writer is not None:
+            writer(index, value, mask)
+            return
+        m = mask & r.wmask
+        old = self.values[r.name][index]
+        self.values[r.name][index] = (old & ~m) | (value & m)
+
+    def _reserved(self, offset: int, size: int, value: int | None) -> int:
+        if value is None:
+            self._diag(f"{size * 8}-bit read of reserved offset {offset:#x}: RAZ", offset)
+        else:
+            self._diag(f"{size * 8}-bit write of reserved offset {offset:#x}: WI", offset)
+        return 0
+
+
+def field(value: int, hi: int, lo: int) -> int:
+    """Bits ``[hi:lo]`` of ``value``."""
+    return (value >> lo) & ((1 << (hi - lo + 1)) - 1)
+
+
+def deposit(value: int, hi: int, lo: int, new: int) -> int:
+    """``value`` with bits ``[hi:lo]`` replaced by ``new``."""
+    mask = ((1 << (hi - lo + 1)) - 1) << lo
+    return (value & ~mask) | ((new << lo) & mask)
+
+
+Handlers = dict[str, Any]
