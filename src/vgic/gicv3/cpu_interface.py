@@ -93,7 +93,10 @@ class CpuInterface:
         self.on_fiq: Callable[[bool], None] = lambda level: None
         # Hook for SGI generation (ICC_SGI1R_EL1 and friends): set by the GIC.
         self.on_sgi: Callable[[int, int, int], None] = lambda cpu, value, group: None
-        self._min_bpr0 = 7 - pri_bits  # 4.8.5: BPR0 min; the Non-secure BPR1 min is one more
+        # Preemption bits: as many as priority bits, but at most 7 (128 levels, AP<n>R0..3),
+        # so 8 priority bits give 7 preemption bits and a BPR0 minimum of 0 (QEMU: prebits).
+        self.pre_bits = min(pri_bits, 7)
+        self._min_bpr0 = 7 - self.pre_bits  # 4.8.5: BPR0 min; the Non-secure BPR1 min is one more
         self.reset()
 
     def reset(self) -> None:
@@ -105,7 +108,7 @@ class CpuInterface:
             self.cbpr = False
             self.igrpen0 = False
             self.igrpen1 = False
-            self.ap = [0, 0]  # active priorities per group: bit k = group priority k << (8 - pri_bits)
+            self.ap = [0, 0]  # active priorities per group: bit k = group priority k << (8 - pre_bits)
             self.irq_level = False
             self.fiq_level = False
 
@@ -127,7 +130,7 @@ class CpuInterface:
         active = self.ap[0] | self.ap[1]
         if not active:
             return IDLE_PRIORITY
-        return ((active & -active).bit_length() - 1) << (8 - self.pri_bits)
+        return ((active & -active).bit_length() - 1) << (8 - self.pre_bits)
 
     def _best(self, group: int) -> tuple[int, int, InterruptSource] | None:
         best: tuple[int, int, InterruptSource] | None = None
@@ -169,7 +172,7 @@ class CpuInterface:
                 return SPURIOUS
             prio, intid, src = sig
             src.acknowledge(intid)
-            self.ap[group] |= 1 << (self.group_priority(prio, group) >> (8 - self.pri_bits))
+            self.ap[group] |= 1 << (self.group_priority(prio, group) >> (8 - self.pre_bits))
             if self.log.wants(Kind.ACKNOWLEDGE):
                 self.log.record(Kind.ACKNOWLEDGE, self.source, f"acknowledged INTID {intid} (priority {prio:#x})",
                                 intid=intid, cpu=self.index)  # fmt: skip
@@ -259,7 +262,7 @@ class CpuInterface:
         return 0
 
     def _ap_words(self) -> int:
-        return max(1, 1 << (self.pri_bits - 5)) if self.pri_bits < 8 else 4
+        return 1 << (self.pre_bits - 5)
 
     def _ap_word(self, group: int, n: int) -> int:
         if n >= self._ap_words():

@@ -1,15 +1,22 @@
-"""The GICv3 distributor (IHI 0069 12.9): identification and control.
+"""The GICv3 distributor (IHI 0069 12.9): control, identification and SPIs.
 
-This block reports the GIC's capabilities (GICD_TYPER: LPI support and INTID bits) and
-holds GICD_CTLR. Affinity routing is always enabled (ARE_NS=1) with a single security
-state (DS=1), as on QEMU's virt machine.
+It reports the GIC's capabilities (GICD_TYPER: SPI lines, LPI support, INTID bits),
+holds GICD_CTLR's group enables, and owns the SPIs: their enable, pending, active,
+priority, configuration and GICD_IROUTER<n> routing. Affinity routing is always enabled
+(ARE=1) with a single security state (DS=1), as on QEMU's virt machine. Each CPU sees
+the SPIs routed to it through a :class:`SpiView` (an InterruptSource).
+
+Lock order: a CPU interface (holding its redistributor's lock) may take the distributor
+lock; the distributor never calls into a CPU interface while holding its own.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from vgic.events import EventLog
+from vgic.gicv3.banked import InterruptBank
 from vgic.regs import Access, Register, RegisterBank
 
 GICD_FRAME_SIZE = 0x10000
@@ -31,6 +38,17 @@ GICD_REGISTERS: list[Register] = [
     Register("IIDR", 0x0008, 4, reset=GICD_IIDR_VALUE, access=Access.RO),
     Register("TYPER2", 0x000C, 4, access=Access.RO),
     Register("STATUSR", 0x0010, 4, access=Access.RAZ_WI),
+    Register("IGROUPR", 0x0080, 4, count=32),
+    Register("ISENABLER", 0x0100, 4, count=32),
+    Register("ICENABLER", 0x0180, 4, count=32),
+    Register("ISPENDR", 0x0200, 4, count=32),
+    Register("ICPENDR", 0x0280, 4, count=32),
+    Register("ISACTIVER", 0x0300, 4, count=32),
+    Register("ICACTIVER", 0x0380, 4, count=32),
+    Register("IPRIORITYR", 0x0400, 4, count=255, byte_access=True),
+    Register("ICFGR", 0x0C00, 4, count=64),
+    Register("IGRPMODR", 0x0D00, 4, count=32, access=Access.RAZ_WI),
+    Register("IROUTER", 0x6000, 8, count=1020),
     *(
         Register(name, 0xFFD0 + 4 * i, 4, reset=val, access=Access.RO)
         for i, (name, val) in enumerate(zip(_ID_NAMES, _ID, strict=True))
@@ -38,15 +56,43 @@ GICD_REGISTERS: list[Register] = [
 ]
 
 
-class Distributor:
-    """GICD: control and identification; SPIs come with the virt machine."""
+_BITMAPS = {
+    "IGROUPR": ("group", None),
+    "ISENABLER": ("enabled", "set"),
+    "ICENABLER": ("enabled", "clear"),
+    "ISPENDR": ("pending", "set"),
+    "ICPENDR": ("pending", "clear"),
+    "ISACTIVER": ("active", "set"),
+    "ICACTIVER": ("active", "clear"),
+}
 
-    def __init__(self, log: EventLog, lpi_id_bits: int = 16, num_spis: int = 0) -> None:
+
+class Distributor:
+    """GICD: control, identification and the SPIs (INTIDs 32 .. 32 + num_spis - 1)."""
+
+    def __init__(self, log: EventLog, lpi_id_bits: int = 16, num_spis: int = 256) -> None:
+        if num_spis % 32 or not 0 <= num_spis <= 988:
+            raise ValueError("num_spis must be a multiple of 32, at most 988")
         self.log = log
         self.lpi_id_bits = lpi_id_bits
         self.num_spis = num_spis
         self.lock = threading.RLock()
+        self.spis = InterruptBank(32, num_spis)
+        self.route: dict[int, int] = {}  # SPI INTID -> CPU index, from GICD_IROUTER
+        self.route_masks: list[int] = []  # per CPU: bitmap of SPIs routed there
+        self.affinity_to_cpu: dict[int, int] = {}
+        self.on_change: Callable[[], None] = lambda: None  # set by the GIC: update CPU interfaces
+        for name, (which, op) in _BITMAPS.items():
+            setattr(self, f"read_{name}", self._reader(which))
+            setattr(self, f"write_{name}", self._writer(which, op))
         self.regs = RegisterBank(self, GICD_REGISTERS, log, "gicd")
+
+    def attach_cpus(self, affinities: list[int]) -> None:
+        """The CPUs' affinities (Aff3.Aff2.Aff1.Aff0 as in GICD_IROUTER) for routing."""
+        self.affinity_to_cpu = {aff: i for i, aff in enumerate(affinities)}
+        self.route_masks = [0] * len(affinities)
+        for intid in range(32, 32 + self.num_spis):
+            self._route(intid, 0)
 
     def read(self, offset: int, size: int) -> int:
         with self.lock:
@@ -55,10 +101,11 @@ class Distributor:
     def write(self, offset: int, size: int, value: int) -> None:
         with self.lock:
             self.regs.write(offset, size, value)
+        self.on_change()
 
     def read_TYPER(self, index: int) -> int:
         """ITLinesNumber, LPIS[17], IDbits[23:19] (12.9.38)."""
-        lines = (self.num_spis + 32 + 31) // 32 - 1
+        lines = (self.num_spis + 32) // 32 - 1
         return lines | 1 << 17 | (self.lpi_id_bits - 1) << 19
 
     def write_CTLR(self, index: int, value: int, mask: int) -> None:
@@ -67,3 +114,91 @@ class Distributor:
         grp = CTLR_ENABLE_GRP0 | CTLR_ENABLE_GRP1
         v = (v & ~(grp & mask)) | (value & grp & mask)
         self.regs.set("CTLR", v | CTLR_ARE | CTLR_DS)
+
+    def group_enabled(self, group: int) -> bool:
+        return bool(self.regs.get("CTLR") & (CTLR_ENABLE_GRP1 if group else CTLR_ENABLE_GRP0))
+
+    def _reader(self, which: str) -> Callable[[int], int]:
+        return lambda index: self.spis.word(which, index)
+
+    def _writer(self, which: str, op: str | None) -> Callable[[int, int, int], None]:
+        def write(index: int, value: int, mask: int) -> None:
+            value &= mask
+            if op == "set":
+                self.spis.set_bits(which, index, value)
+            elif op == "clear":
+                self.spis.clear_bits(which, index, value)
+            else:
+                self.spis.write_word(which, index, value)
+
+        return write
+
+    def read_IPRIORITYR(self, index: int) -> int:
+        if index < 8:
+            return 0  # SGIs and PPIs live in the redistributors (ARE=1)
+        return int.from_bytes(self.spis.priority[4 * index : 4 * index + 4], "little")
+
+    def write_IPRIORITYR(self, index: int, value: int, mask: int) -> None:
+        for i in range(4):
+            intid = 4 * index + i
+            if mask >> (8 * i) & 0xFF and 32 <= intid < 32 + self.num_spis:
+                self.spis.priority[intid] = (value >> (8 * i)) & 0xF8
+
+    def read_ICFGR(self, index: int) -> int:
+        return self.spis.icfgr(index)
+
+    def write_ICFGR(self, index: int, value: int, mask: int) -> None:
+        self.spis.write_icfgr(index, value & mask | self.spis.icfgr(index) & ~mask)
+
+    def read_IROUTER(self, index: int) -> int:
+        return self.regs.get("IROUTER", index)
+
+    def write_IROUTER(self, index: int, value: int, mask: int) -> None:
+        """Aff3[39:32], IRM[31], Aff2.Aff1.Aff0[23:0] (12.9.22); IRM=1 routes to CPU 0."""
+        if not 32 <= index < 32 + self.num_spis:
+            return
+        v = (self.regs.get("IROUTER", index) & ~mask) | (value & mask)
+        v &= 0xFF_8000_0000 | 0xFFFFFF
+        self.regs.set("IROUTER", v, index)
+        aff = (v >> 32 & 0xFF) << 24 | (v & 0xFFFFFF)
+        self._route(index, 0 if v >> 31 & 1 else self.affinity_to_cpu.get(aff, -1))
+
+    def _route(self, intid: int, cpu: int) -> None:
+        old = self.route.get(intid)
+        if old is not None and old >= 0:
+            self.route_masks[old] &= ~(1 << intid)
+        self.route[intid] = cpu
+        if cpu >= 0:
+            self.route_masks[cpu] |= 1 << intid
+
+    def set_spi(self, intid: int, level: bool) -> None:
+        """A device's interrupt line."""
+        with self.lock:
+            changed = self.spis.set_level(intid, level)
+        if changed:
+            self.on_change()
+
+
+class SpiView:
+    """The SPIs routed to one CPU, as an InterruptSource of its CPU interface."""
+
+    def __init__(self, dist: Distributor, cpu: int) -> None:
+        self.dist = dist
+        self.cpu = cpu
+
+    def highest_pending(self, group: int) -> tuple[int, int] | None:
+        d = self.dist
+        if not d.group_enabled(group) or not d.route_masks:
+            return None
+        with d.lock:
+            return d.spis.best(group, d.route_masks[self.cpu])
+
+    def acknowledge(self, intid: int) -> None:
+        with self.dist.lock:
+            self.dist.spis.acknowledge(intid)
+
+    def deactivate(self, intid: int) -> bool:
+        if not 32 <= intid < 32 + self.dist.num_spis:
+            return False
+        with self.dist.lock:
+            return self.dist.spis.deactivate(intid)

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 from vgic.events import EventLog, Kind
 from vgic.gicv3.cpu_interface import CpuInterface
-from vgic.gicv3.distributor import GICD_FRAME_SIZE, Distributor
-from vgic.gicv3.redistributor import RD_FRAME_SIZE, Redistributor, RedistributorConfig
+from vgic.gicv3.distributor import GICD_FRAME_SIZE, Distributor, SpiView
+from vgic.gicv3.redistributor import RD_FRAME_SIZE, Redistributor, RedistributorConfig, SgiFrame
 from vgic.its.its import Its, ItsConfig
 from vgic.its.registers import ITS_FRAME_SIZE
 from vgic.memory import GuestMemory
@@ -41,7 +41,7 @@ class GicConfig:
     its: tuple[ItsConfig, ...] = field(default_factory=lambda: (ItsConfig(),))
     redistributor: RedistributorConfig = field(default_factory=RedistributorConfig)
     pri_bits: int = 5
-    num_spis: int = 64
+    num_spis: int = 256  # QEMU virt's count
     gicd_base: int = VIRT_GICD_BASE
     its_bases: tuple[int, ...] = (VIRT_ITS_BASE,)
     gicr_base: int = VIRT_GICR_BASE
@@ -68,11 +68,16 @@ class Gic:
             affinity = (aff >> 32 & 0xFF) << 24 | (aff & 0xFFFFFF)
             rd = Redistributor(i, affinity, memory, self.log, config.redistributor,
                                last=i == config.num_cpus - 1, base=config.gicr_base + i * RD_FRAME_SIZE)  # fmt: skip
-            cpu = CpuInterface(i, [rd], self.log, lock=rd.lock, pri_bits=config.pri_bits,
+            rd.sgi = SgiFrame(rd, self.distributor.group_enabled)
+            sources = [rd, rd.sgi, SpiView(self.distributor, i)]
+            cpu = CpuInterface(i, sources, self.log, lock=rd.lock, pri_bits=config.pri_bits,  # type: ignore[arg-type]
                                id_bits=config.redistributor.lpi_id_bits)  # fmt: skip
+            cpu.on_sgi = self.send_sgi
             rd.on_change = cpu.update
             self.redistributors.append(rd)
             self.cpus.append(cpu)
+        self.distributor.attach_cpus([rd.affinity for rd in self.redistributors])
+        self.distributor.on_change = self._update_all
         self.its = [Its(memory, self.log, self.redistributors, c, index=n) for n, c in enumerate(config.its)]
         self._regions: list[_Handler] = [
             (config.gicd_base, GICD_FRAME_SIZE, self.distributor.read, self.distributor.write),
@@ -82,6 +87,39 @@ class Gic:
             ),
             (config.gicr_base, RD_FRAME_SIZE * config.num_cpus, self._gicr_read, self._gicr_write),
         ]
+
+    def _update_all(self) -> None:
+        for cpu in self.cpus:
+            cpu.update()
+
+    def send_sgi(self, sender: int, value: int, group: int) -> None:
+        """ICC_SGI1R_EL1 / ICC_SGI0R_EL1 (12.2.21): TargetList, Aff1..3, INTID, IRM."""
+        intid = value >> 24 & 0xF
+        if value >> 40 & 1:  # IRM: every PE but the sender
+            targets = [i for i in range(len(self.cpus)) if i != sender]
+        else:
+            aff3, aff2, aff1 = value >> 48 & 0xFF, value >> 32 & 0xFF, value >> 16 & 0xFF
+            rs = value >> 44 & 0xF
+            targets = []
+            for i, rd in enumerate(self.redistributors):
+                a = rd.affinity
+                if (a >> 24 & 0xFF, a >> 16 & 0xFF, a >> 8 & 0xFF) != (aff3, aff2, aff1):
+                    continue
+                aff0 = a & 0xFF
+                if aff0 >> 4 == rs and value >> (aff0 & 0xF) & 1:
+                    targets.append(i)
+        for i in targets:
+            sgi = self.redistributors[i].sgi
+            if sgi is not None:
+                sgi.raise_sgi(intid)
+
+    def set_ppi(self, cpu: int, intid: int, level: bool) -> None:
+        sgi = self.redistributors[cpu].sgi
+        if sgi is not None:
+            sgi.set_ppi(intid, level)
+
+    def set_spi(self, intid: int, level: bool) -> None:
+        self.distributor.set_spi(intid, level)
 
     @property
     def regions(self) -> list[_Handler]:

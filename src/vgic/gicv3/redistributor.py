@@ -105,6 +105,7 @@ class Redistributor:
         self.lock = threading.RLock()
         self.regs = RegisterBank(self, GICR_RD_REGISTERS, log, self.source)
         self.on_change: Callable[[], None] = lambda: None  # set by the CPU interface
+        self.sgi: SgiFrame | None = None  # the SGI_base frame, attached by the GIC
         self._enable_lpis = False
         self._pending: set[int] = set()
         self._config: dict[int, int] = {}  # config bytes of pending LPIs
@@ -129,11 +130,16 @@ class Redistributor:
     # -- MMIO ------------------------------------------------------------------------
     def read(self, offset: int, size: int) -> int:
         with self.lock:
+            if offset >= SGI_FRAME_OFFSET and self.sgi is not None:
+                return self.sgi.regs.read(offset - SGI_FRAME_OFFSET, size)
             return self.regs.read(offset, size)
 
     def write(self, offset: int, size: int, value: int) -> None:
         with self.lock:
-            self.regs.write(offset, size, value)
+            if offset >= SGI_FRAME_OFFSET and self.sgi is not None:
+                self.sgi.regs.write(offset - SGI_FRAME_OFFSET, size, value)
+            else:
+                self.regs.write(offset, size, value)
 
     def read_CTLR(self, index: int) -> int:
         """EnableLPIs[0]; CES[1] when it can be cleared; IR[2] with the direct registers."""
@@ -319,6 +325,7 @@ class Redistributor:
                 return False
             self._pending.discard(intid)
             del self._config[intid]
+            self._compact()  # CLEAR/CLRLPIR cycles must not grow the heap (no one may pop it)
             self.on_change()
             return True
 
@@ -420,3 +427,101 @@ class Redistributor:
 
     def _diag(self, message: str, rule: str) -> None:
         self.log.record(Kind.DIAGNOSTIC, self.source, message, cpu=self.index, rule=rule)
+
+
+# == SGI_base frame: SGIs and PPIs of this CPU (12.10 registers as banked in 12.11) ======
+
+SGI_FRAME_OFFSET = 0x10000
+_BITMAP_REGS = {
+    "IGROUPR0": ("group", None),
+    "ISENABLER0": ("enabled", "set"),
+    "ICENABLER0": ("enabled", "clear"),
+    "ISPENDR0": ("pending", "set"),
+    "ICPENDR0": ("pending", "clear"),
+    "ISACTIVER0": ("active", "set"),
+    "ICACTIVER0": ("active", "clear"),
+}
+GICR_SGI_REGISTERS: list[Register] = [
+    Register("IGROUPR0", 0x0080, 4),
+    Register("ISENABLER0", 0x0100, 4),
+    Register("ICENABLER0", 0x0180, 4),
+    Register("ISPENDR0", 0x0200, 4),
+    Register("ICPENDR0", 0x0280, 4),
+    Register("ISACTIVER0", 0x0300, 4),
+    Register("ICACTIVER0", 0x0380, 4),
+    Register("IPRIORITYR", 0x0400, 4, count=8, byte_access=True),
+    Register("ICFGR", 0x0C00, 4, count=2),
+    Register("IGRPMODR0", 0x0D00, 4, access=Access.RAZ_WI),  # one security state (DS=1)
+    Register("NSACR", 0x0E00, 4, access=Access.RAZ_WI),
+]
+SGI_EDGE = 0xFFFF  # SGIs are always edge-triggered (ICFGR0 is RO)
+
+
+class SgiFrame:
+    """The SGI_base frame and the SGI/PPI state of one CPU; an InterruptSource."""
+
+    def __init__(self, rd: Redistributor, group_enabled: Callable[[int], bool]) -> None:
+        from vgic.gicv3.banked import InterruptBank
+
+        self.rd = rd
+        self.bank = InterruptBank(0, 32)
+        self.bank.edge = SGI_EDGE
+        self.group_enabled = group_enabled  # GICD_CTLR.EnableGrp<n>
+        for name, (which, op) in _BITMAP_REGS.items():
+            setattr(self, f"read_{name}", self._reader(which))
+            setattr(self, f"write_{name}", self._writer(which, op))
+        self.regs = RegisterBank(self, GICR_SGI_REGISTERS, rd.log, rd.source)
+
+    def _reader(self, which: str) -> Callable[[int], int]:
+        return lambda index: self.bank.word(which, 0)
+
+    def _writer(self, which: str, op: str | None) -> Callable[[int, int, int], None]:
+        def write(index: int, value: int, mask: int) -> None:
+            value &= mask
+            if op == "set":
+                self.bank.set_bits(which, 0, value)
+            elif op == "clear":
+                self.bank.clear_bits(which, 0, value)
+            else:
+                self.bank.write_word(which, 0, value)
+            self.rd.on_change()
+
+        return write
+
+    def read_IPRIORITYR(self, index: int) -> int:
+        return int.from_bytes(self.bank.priority[4 * index : 4 * index + 4], "little")
+
+    def write_IPRIORITYR(self, index: int, value: int, mask: int) -> None:
+        for i in range(4):
+            if mask >> (8 * i) & 0xFF:
+                self.bank.priority[4 * index + i] = (value >> (8 * i)) & 0xF8  # 5 priority bits
+        self.rd.on_change()
+
+    def read_ICFGR(self, index: int) -> int:
+        return self.bank.icfgr(index)
+
+    def write_ICFGR(self, index: int, value: int, mask: int) -> None:
+        self.bank.write_icfgr(index, value & mask | self.bank.icfgr(index) & ~mask, fixed_edge=SGI_EDGE)
+
+    # InterruptSource
+    def highest_pending(self, group: int) -> tuple[int, int] | None:
+        if not self.group_enabled(group):
+            return None
+        return self.bank.best(group)
+
+    def acknowledge(self, intid: int) -> None:
+        self.bank.acknowledge(intid)
+
+    def deactivate(self, intid: int) -> bool:
+        return intid < 32 and self.bank.deactivate(intid)
+
+    def set_ppi(self, intid: int, level: bool) -> None:
+        """A PPI input line (e.g. the generic timer)."""
+        with self.rd.lock:
+            if self.bank.set_level(intid, level):
+                self.rd.on_change()
+
+    def raise_sgi(self, intid: int) -> None:
+        with self.rd.lock:
+            self.bank.latched |= 1 << intid
+            self.rd.on_change()

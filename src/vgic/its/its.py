@@ -223,12 +223,27 @@ class Its:
             missing.append("GITS_CBASER")
         if self._geometry(BASER_TYPE_DEVICE) is None:
             missing.append("the device table (GITS_BASER Type=Device)")
-        if self.typer.hcc < self.typer.collections and self._geometry(BASER_TYPE_COLLECTION) is None:
+        # Without a collection table type, every collection is held in the ITS (HCC) and
+        # there is no table to wait for (GITS_TYPER.CIL: "implementations that do not support
+        # Collections in external memory").
+        memory_collections = BASER_TYPE_COLLECTION in self.config.baser_types
+        if (
+            memory_collections
+            and self.typer.hcc < self.typer.collections
+            and self._geometry(BASER_TYPE_COLLECTION) is None
+        ):
             missing.append("the collection table (GITS_BASER Type=Collection)")
         return ", ".join(missing)
 
     def read_TYPER(self, index: int) -> int:
-        return self.typer.value()
+        """GITS_TYPER (12.19.22). CCT[2] is 1 when HCC != 0 and a collection table exists:
+        ICIDs below HCC are held in the ITS and the rest in memory, so the number of
+        collections is cumulative (CCT=0 would mean memory alone sets it; RES0 when HCC=0)."""
+        memory_collections = BASER_TYPE_COLLECTION in self.config.baser_types
+        v = self.typer.value() | int(self.typer.hcc != 0 and memory_collections) << 2
+        if not memory_collections:  # CIL (and so CIDbits) is RES0: HCC gives the count
+            v &= ~(1 << 36 | 0xF << 32)
+        return v
 
     def write_CBASER(self, index: int, value: int, mask: int) -> None:
         """Writes while enabled are UNPREDICTABLE: ignored. A write resets CREADR (12.19.3)."""
@@ -589,9 +604,12 @@ class Its:
         self.MAPTI(cmd)
 
     def MOVI(self, cmd: C.Movi) -> None:
-        """Move an event to another collection; its pending state follows (6.3.11)."""
-        dev, ite = self._mapped_event(cmd)
+        """Move an event to another collection; its pending state follows (6.3.11).
+        Range checks on the command's fields come first, as for MAPTI: DeviceID (01), ICID
+        (03), then the table lookups (04, 05, 07, 09; docs/spec-notes.md section 1)."""
+        self._check_device(cmd.device_id, ItsError.MOVI_DEVICE_OOR)
         self._check_collection(cmd.icid, ItsError.MOVI_COLLECTION_OOR)
+        dev, ite = self._mapped_event(cmd)
         old_rd = self._mapped_collection(ite.icid, ItsError.MOVI_UNMAPPED_COLLECTION)
         new_rd = self._mapped_collection(cmd.icid, ItsError.MOVI_UNMAPPED_COLLECTION)
         if old_rd is not new_rd:

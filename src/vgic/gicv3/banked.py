@@ -1,0 +1,129 @@
+"""Interrupt state kept as bitmaps: SGIs and PPIs of one CPU, or the SPIs (IHI 0069 4.1).
+
+:class:`InterruptBank` holds, for a range of INTIDs, the enable, pending, active, group,
+level and configuration state as Python integers (one bit per INTID) and the priorities
+as bytes. The best candidate for a CPU is found by masking the bitmaps and looking only at
+the set bits (a few per CPU), never by walking every INTID.
+
+* Edge-triggered interrupts latch pending on a rising edge or a write to ISPENDR; the
+  acknowledge clears it. Level-sensitive ones are pending while their line is high or
+  the latch is set (4.1.2).
+* Acknowledge makes an interrupt active; an active interrupt is not signalled again
+  until it is deactivated.
+"""
+
+from __future__ import annotations
+
+
+def _bits(mask: int) -> list[int]:
+    out = []
+    while mask:
+        low = mask & -mask
+        out.append(low.bit_length() - 1)
+        mask ^= low
+    return out
+
+
+class InterruptBank:
+    """INTIDs [first, first + count): SGIs+PPIs (0, 32) or SPIs (32, n)."""
+
+    def __init__(self, first: int, count: int) -> None:
+        self.first = first
+        self.count = count
+        self.reset()
+
+    def reset(self) -> None:
+        self.enabled = 0
+        self.latched = 0  # edge latch and ISPENDR
+        self.level = 0  # input line levels
+        self.active = 0
+        self.group = 0  # 1 = Group 1 (IGROUPR)
+        self.edge = 0  # 1 = edge-triggered (ICFGR odd bits)
+        self.priority = bytearray(self.first + self.count)
+
+    @property
+    def pending(self) -> int:
+        return self.latched | (self.level & ~self.edge)
+
+    def set_level(self, intid: int, level: bool) -> bool:
+        """Drive an input line. Returns True if the pending state may have changed."""
+        bit = 1 << intid
+        old = self.level & bit
+        if level:
+            self.level |= bit
+            if not old and self.edge & bit:
+                self.latched |= bit
+            return True
+        self.level &= ~bit
+        return bool(old)
+
+    def best(self, group: int, allowed: int = -1) -> tuple[int, int] | None:
+        """(priority, INTID) of the best pending, enabled, inactive interrupt of ``group``."""
+        cand = self.pending & self.enabled & ~self.active & allowed
+        cand &= self.group if group else ~self.group
+        best: tuple[int, int] | None = None
+        for intid in _bits(cand):
+            key = (self.priority[intid], intid)
+            if best is None or key < best:
+                best = key
+        return best
+
+    def acknowledge(self, intid: int) -> None:
+        bit = 1 << intid
+        self.latched &= ~bit
+        self.active |= bit
+
+    def deactivate(self, intid: int) -> bool:
+        bit = 1 << intid
+        if not self.active & bit:
+            return False
+        self.active &= ~bit
+        return True
+
+    # -- the set/clear register pairs (ISENABLER/ICENABLER and friends) ---------------
+    def word(self, which: str, n: int) -> int:
+        """32-bit word ``n`` of a bitmap, as GICD_/GICR_ I*R<n> registers read it."""
+        value = self.pending if which == "pending" else getattr(self, which)
+        return (value >> (32 * n)) & 0xFFFFFFFF
+
+    def set_bits(self, which: str, n: int, value: int) -> None:
+        value = (value & 0xFFFFFFFF) << (32 * n) & self._valid
+        setattr(self, "latched" if which == "pending" else which, getattr(self, _attr(which)) | value)
+
+    def clear_bits(self, which: str, n: int, value: int) -> None:
+        value = (value & 0xFFFFFFFF) << (32 * n) & self._valid
+        setattr(self, _attr(which), getattr(self, _attr(which)) & ~value)
+
+    def write_word(self, which: str, n: int, value: int) -> None:
+        shift = 32 * n
+        mask = 0xFFFFFFFF << shift & self._valid
+        setattr(self, which, (getattr(self, which) & ~mask) | ((value << shift) & mask))
+
+    @property
+    def _valid(self) -> int:
+        return ((1 << self.count) - 1) << self.first
+
+    def icfgr(self, n: int) -> int:
+        """GICx_ICFGR<n>: two bits per INTID, bit 1 = edge-triggered."""
+        v = 0
+        for i in range(16):
+            if self.edge >> (16 * n + i) & 1:
+                v |= 2 << (2 * i)
+        return v
+
+    def write_icfgr(self, n: int, value: int, fixed_edge: int = 0) -> None:
+        for i in range(16):
+            intid = 16 * n + i
+            if not self._valid >> intid & 1:
+                continue
+            bit = 1 << intid
+            if fixed_edge & bit:
+                continue
+            if value >> (2 * i + 1) & 1:
+                self.edge |= bit
+            else:
+                self.edge &= ~bit
+
+
+def _attr(which: str) -> str:
+    return "latched" if which == "pending" else which

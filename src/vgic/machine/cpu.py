@@ -1,0 +1,441 @@
+"""One AArch64 CPU on the Unicorn engine, wired to the machine's devices and GIC.
+
+Unicorn runs guest code; this module supplies what Unicorn lacks (platform-notes.md):
+
+* **System registers.** MRS/MSR of ICC_* go to the CPU interface model, CNT* to the
+  generic timer model, MPIDR_EL1 to this CPU's affinity; the rest stay Unicorn's.
+* **Exceptions.** Unicorn never enters the guest's vectors itself. IRQs, FIQs and
+  synchronous exceptions (UNDEF, SVC, HVC/SMC that are not PSCI, BRK, aborts) are taken
+  here: ELR_EL1, SPSR_EL1, ESR_EL1, FAR_EL1, PSTATE and the stack pointer bank are set
+  as the Arm ARM's AArch64.TakeException does, and the PC goes to VBAR_EL1 + offset.
+* **Prompt interrupts.** An MMIO access cannot stop Unicorn without being re-executed,
+  so when a device access raises this CPU's own unmasked IRQ the access is recorded,
+  Unicorn is stopped, and the instruction is re-run for one instruction with the
+  recorded accesses replayed (no side effect twice); the IRQ is then taken.
+* **MMU.** Unicorn's TLB is filled from a stage-1 walk of the guest's own page tables
+  (4K/16K/64K granules), in Unicorn's virtual TLB mode.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from unicorn import (  # type: ignore[attr-defined]  # unicorn's stubs lag its API
+    UC_ARCH_ARM64,
+    UC_HOOK_INSN,
+    UC_HOOK_INTR,
+    UC_HOOK_MEM_FETCH_UNMAPPED,
+    UC_HOOK_MEM_READ_UNMAPPED,
+    UC_HOOK_MEM_WRITE_UNMAPPED,
+    UC_HOOK_TLB_FILL,
+    UC_MEM_FETCH,
+    UC_MEM_FETCH_UNMAPPED,
+    UC_MEM_WRITE,
+    UC_MEM_WRITE_UNMAPPED,
+    UC_MODE_ARM,
+    UC_PROT_ALL,
+    UC_TLB_VIRTUAL,
+    Uc,
+    UcError,
+)
+from unicorn import arm64_const as A
+
+from vgic.gicv3.cpu_interface import SYSREG_ENCODINGS
+from vgic.machine.timer import TIMER_SYSREGS, GenericTimer
+
+if TYPE_CHECKING:
+    from vgic.machine.virt import VirtMachine
+
+PSTATE_I = 1 << 7
+PSTATE_F = 1 << 6
+PSTATE_DAIF = 0xF << 6
+EL1H = 0b0101
+MPIDR_EL1 = (3, 0, 0, 0, 5)
+SCTLR_EL1 = (1, 0, 3, 0, 0)  # (CRn, CRm, op0, op1, op2) as Unicorn's CP_REG takes it
+TCR_EL1 = (2, 0, 3, 0, 2)
+SPSR_EL1 = (4, 0, 3, 0, 0)
+
+INSN_WFI = 0xD503207F
+HVC_MASK, HVC_BITS, SMC_BITS = 0xFFE0001F, 0xD4000002, 0xD4000003
+
+# Exception classes (ESR_ELx.EC)
+EC_UNKNOWN, EC_SVC, EC_HVC, EC_SMC = 0x00, 0x15, 0x16, 0x17
+EC_IABT_LOW, EC_IABT_CUR, EC_DABT_LOW, EC_DABT_CUR, EC_BRK = 0x20, 0x21, 0x24, 0x25, 0x3C
+
+# Unicorn's interrupt numbers (QEMU's EXCP_*)
+EXCP_UDEF, EXCP_SWI, EXCP_PREFETCH_ABORT, EXCP_DATA_ABORT, EXCP_BKPT, EXCP_HVC, EXCP_SMC = 1, 2, 3, 4, 7, 11, 13
+
+VECTOR_SYNC, VECTOR_IRQ, VECTOR_FIQ = 0x000, 0x080, 0x100
+
+
+class CpuState(enum.Enum):
+    OFF = "off"
+    RUNNING = "running"
+    WFI = "wfi"
+
+
+class GuestCrash(Exception):
+    """The guest cannot go on (an exception it cannot take): the machine stops."""
+
+
+class Cpu:
+    """One vCPU: a Unicorn instance over the machine's shared RAM and devices."""
+
+    def __init__(self, machine: VirtMachine, index: int) -> None:
+        self.machine = machine
+        self.index = index
+        self.mpidr = machine.gic.config.mpidr(index)
+        self.gicc = machine.gic.cpus[index]
+        self.gicc.on_irq = self._irq_changed
+        self.timer = GenericTimer(machine.clock, lambda intid, level: machine.gic.set_ppi(index, intid, level))
+        self.state = CpuState.OFF
+        self.pc = 0
+        self.instructions = 0  # budget handed to Unicorn so far (upper bound on retired)
+        self._irq_rose = False
+        self._stop_requested = False
+        self._replay: list[tuple[int, int]] = []  # (address, value) of accesses to re-serve
+        self._recording = False
+        self._event: tuple[str, Any] | None = None
+        self._fault: tuple[int, int] | None = None  # (address, access) of the last bad access
+        uc = self.uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
+        uc.ctl_set_cpu_model(A.UC_CPU_ARM64_A57)
+        uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)  # type: ignore[attr-defined]
+        for region in machine.memory.regions:
+            uc.mem_map_ptr(region.base, region.size, UC_PROT_ALL, region.address)
+        for base, size, read, write in machine.mmio:
+            uc.mmio_map(base, size, self._mmio_reader(base, read), None, self._mmio_writer(base, write), None)
+        uc.hook_add(UC_HOOK_INTR, self._on_intr)
+        uc.hook_add(UC_HOOK_INSN, self._on_mrs, None, 1, 0, A.UC_ARM64_INS_MRS)
+        uc.hook_add(UC_HOOK_INSN, self._on_msr, None, 1, 0, A.UC_ARM64_INS_MSR)
+        uc.hook_add(
+            UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED, self._on_unmapped
+        )
+        uc.hook_add(UC_HOOK_TLB_FILL, self._on_tlb_fill)
+
+    # == registers ======================================================================
+    def reg(self, r: int) -> int:
+        return int(self.uc.reg_read(r))
+
+    def set_reg(self, r: int, value: int) -> None:
+        self.uc.reg_write(r, value)
+
+    def cp_reg(self, enc: tuple[int, int, int, int, int]) -> int:
+        return int(self.uc.reg_read(A.UC_ARM64_REG_CP_REG, enc))
+
+    def set_cp_reg(self, enc: tuple[int, int, int, int, int], value: int) -> None:
+        self.uc.reg_write(A.UC_ARM64_REG_CP_REG, (*enc, value))
+
+    # == power =========================================================================
+    def power_on(self, entry: int, context: int = 0, dtb: int | None = None) -> None:
+        """Start at ``entry`` in EL1h, MMU off, interrupts masked (PSCI CPU_ON, boot)."""
+        self.set_cp_reg(SCTLR_EL1, self.cp_reg(SCTLR_EL1) & ~0x1005)  # M, C, I off
+        self.set_reg(A.UC_ARM64_REG_PSTATE, PSTATE_DAIF | EL1H)
+        self.set_reg(A.UC_ARM64_REG_X0, context if dtb is None else dtb)
+        for r in (A.UC_ARM64_REG_X1, A.UC_ARM64_REG_X2, A.UC_ARM64_REG_X3):
+            self.set_reg(r, 0)
+        self.pc = entry
+        self.state = CpuState.RUNNING
+        self._replay.clear()
+
+    # == running =======================================================================
+    def run(self, budget: int) -> None:
+        """Run up to ``budget`` instructions, then take what happened (IRQ, exception, WFI)."""
+        if self.state is CpuState.OFF:
+            return
+        if self.state is CpuState.WFI:
+            if not (self.gicc.irq_level or self.gicc.fiq_level):
+                return
+            self.state = CpuState.RUNNING
+        if self._replay:
+            self._emulate(1)  # finish the instruction whose access asked to stop
+            self._replay.clear()
+            self._after_stop()
+            if self.state is not CpuState.RUNNING:
+                return
+        self._take_interrupt_if_unmasked()
+        # With an interrupt waiting behind PSTATE.I, run in short slices so an unmask
+        # (msr daifclr, which raises no hook) is seen quickly.
+        if self.gicc.irq_level or self.gicc.fiq_level:
+            budget = min(budget, 256)
+        self._emulate(budget)
+        self._after_stop()
+
+    def _emulate(self, count: int) -> None:
+        self._stop_requested = False
+        self._irq_rose = False
+        self._event = None
+        self.instructions += count
+        try:
+            self.uc.emu_start(self.pc, 0, count=count)
+        except UcError as e:
+            if self._event is None:
+                self._event = ("memfault", e)
+        self._recording = False  # what was recorded is replayed when the access re-runs
+        self.pc = self.reg(A.UC_ARM64_REG_PC)
+
+    def _after_stop(self) -> None:
+        event, self._event = self._event, None
+        if event is None:
+            if not self._replay and self._read_insn(self.pc - 4) == INSN_WFI:
+                self.state = CpuState.WFI
+            return
+        kind, arg = event
+        if kind == "intr":
+            self._exception(arg)
+        elif kind == "memfault":
+            self._abort()
+
+    def _read_insn(self, vaddr: int) -> int | None:
+        pa = self.translate(vaddr, UC_MEM_FETCH)
+        if pa is None:
+            return None
+        try:
+            return self.machine.memory.read32(pa)
+        except Exception:
+            return None
+
+    # == interrupts =======================================================================
+    def _irq_changed(self, level: bool) -> None:
+        if level:
+            self._irq_rose = True
+
+    def _take_interrupt_if_unmasked(self) -> None:
+        if not (self.gicc.irq_level or self.gicc.fiq_level):
+            return
+        pstate = self.reg(A.UC_ARM64_REG_PSTATE)
+        if self.gicc.fiq_level and not pstate & PSTATE_F:
+            self.take_exception(VECTOR_FIQ, self.pc)
+        elif self.gicc.irq_level and not pstate & PSTATE_I:
+            self.take_exception(VECTOR_IRQ, self.pc)
+
+    def _wants_stop(self) -> bool:
+        """After a device access: did it raise our own IRQ while IRQs are unmasked?"""
+        if not self._irq_rose or self._stop_requested:
+            return False
+        self._irq_rose = False
+        return not self.reg(A.UC_ARM64_REG_PSTATE) & PSTATE_I
+
+    def _mmio_reader(self, base: int, read: Callable[[int, int], int]) -> Callable[..., int]:
+        def cb(uc: Uc, offset: int, size: int, _: object) -> int:
+            addr = base + offset
+            if self._replay and not self._recording:
+                if self._replay[0][0] == addr:
+                    return self._replay.pop(0)[1]
+                self._replay.clear()
+            value = read(offset, size)
+            if self._recording:
+                self._replay.append((addr, value))
+            elif self._wants_stop():
+                self._request_stop(addr, value)
+            return value
+
+        return cb
+
+    def _mmio_writer(self, base: int, write: Callable[[int, int, int], None]) -> Callable[..., None]:
+        def cb(uc: Uc, offset: int, size: int, value: int, _: object) -> None:
+            addr = base + offset
+            if self._replay and not self._recording:
+                if self._replay[0][0] == addr:
+                    self._replay.pop(0)
+                    return
+                self._replay.clear()
+            write(offset, size, value)
+            if self._recording:
+                self._replay.append((addr, 0))
+            elif self._wants_stop():
+                self._request_stop(addr, 0)
+
+        return cb
+
+    def _request_stop(self, addr: int, value: int) -> None:
+        self._stop_requested = True
+        self._recording = True
+        self._replay = [(addr, value)]
+        self.uc.emu_stop()
+
+    # == system registers =============================================================
+    def _on_mrs(self, uc: Uc, reg: int, cp: Any, _: object) -> int:
+        enc = (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)
+        name = SYSREG_ENCODINGS.get(enc)
+        if name is not None:
+            value = self.gicc.read_sysreg(name)
+        elif enc in TIMER_SYSREGS:
+            value = self.timer.read(enc)
+        elif enc == MPIDR_EL1:
+            value = 0x8000_0000 | self.mpidr
+        else:
+            return 0
+        uc.reg_write(reg, value)
+        uc.reg_write(A.UC_ARM64_REG_PC, uc.reg_read(A.UC_ARM64_REG_PC) + 4)
+        if self._irq_rose and self._wants_stop():
+            self._stop_requested = True
+            uc.emu_stop()
+        return 1
+
+    def _on_msr(self, uc: Uc, reg: int, cp: Any, _: object) -> int:
+        enc = (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)
+        name = SYSREG_ENCODINGS.get(enc)
+        if name is not None:
+            self.gicc.write_sysreg(name, cp.val)
+        elif enc in TIMER_SYSREGS:
+            self.timer.write(enc, cp.val)
+        else:
+            return 0
+        uc.reg_write(A.UC_ARM64_REG_PC, uc.reg_read(A.UC_ARM64_REG_PC) + 4)
+        if self._irq_rose and self._wants_stop():
+            self._stop_requested = True
+            uc.emu_stop()
+        return 1
+
+    # == synchronous exceptions =======================================================
+    def _on_intr(self, uc: Uc, intno: int, _: object) -> None:
+        self._event = ("intr", intno)
+        uc.emu_stop()
+
+    def _on_unmapped(self, uc: Uc, access: int, address: int, size: int, value: int, _: object) -> bool:
+        self._fault = (address, access)
+        return False
+
+    def _exception(self, intno: int) -> None:
+        pc = self.pc
+        if intno in (EXCP_UDEF, EXCP_HVC, EXCP_SMC):
+            # Unicorn reports HVC/SMC (UNDEFINED at EL1 without EL2/EL3) with the PC either
+            # on the instruction or after it, depending on how the block was translated.
+            here = self._read_insn(pc)
+            if here is not None and here & HVC_MASK in (HVC_BITS, SMC_BITS):
+                self.pc = pc = pc + 4
+                self._hypercall(pc, here)
+                return
+            prev = self._read_insn(pc - 4)
+            if prev is not None and prev & HVC_MASK in (HVC_BITS, SMC_BITS):
+                self._hypercall(pc, prev)
+                return
+            self.take_exception(VECTOR_SYNC, pc, esr=EC_UNKNOWN << 26 | 1 << 25)
+        elif intno == EXCP_SWI:
+            imm = (self._read_insn(pc - 4) or 0) >> 5 & 0xFFFF
+            self.take_exception(VECTOR_SYNC, pc, esr=EC_SVC << 26 | 1 << 25 | imm)
+        elif intno == EXCP_BKPT:
+            imm = (self._read_insn(pc) or 0) >> 5 & 0xFFFF
+            self.take_exception(VECTOR_SYNC, pc, esr=EC_BRK << 26 | 1 << 25 | imm)
+        elif intno in (EXCP_PREFETCH_ABORT, EXCP_DATA_ABORT):
+            self._abort()
+        else:
+            raise GuestCrash(f"CPU{self.index}: unexpected exception {intno} at PC {pc:#x}")
+
+    def _hypercall(self, pc: int, insn: int) -> None:
+        """HVC/SMC: PSCI when the function ID is one, else the guest's own exception."""
+        smc = insn & HVC_MASK == SMC_BITS
+        args = [self.reg(r) for r in (A.UC_ARM64_REG_X0, A.UC_ARM64_REG_X1, A.UC_ARM64_REG_X2, A.UC_ARM64_REG_X3)]
+        if (self.machine.psci_conduit == "smc") == smc:
+            result = self.machine.psci_call(self.index, *args)
+            if result is not None:
+                if self.state is CpuState.RUNNING:
+                    self.set_reg(A.UC_ARM64_REG_X0, result & 0xFFFF_FFFF_FFFF_FFFF)
+                return
+            if not smc:
+                self.set_reg(A.UC_ARM64_REG_X0, 0xFFFF_FFFF_FFFF_FFFF)  # SMCCC NOT_SUPPORTED
+                return
+        ec = EC_SMC if smc else EC_HVC
+        self.take_exception(VECTOR_SYNC, pc, esr=ec << 26 | 1 << 25 | (insn >> 5 & 0xFFFF))
+
+    def _abort(self) -> None:
+        address, access = self._fault or (0, 0)
+        self._fault = None
+        pstate = self.reg(A.UC_ARM64_REG_PSTATE)
+        low = (pstate >> 2 & 3) == 0
+        if access in (UC_MEM_FETCH, UC_MEM_FETCH_UNMAPPED):
+            ec = EC_IABT_LOW if low else EC_IABT_CUR
+            iss = 0x10  # synchronous external abort, not on a translation table walk
+        else:
+            ec = EC_DABT_LOW if low else EC_DABT_CUR
+            iss = 0x10 | (1 << 6 if access in (UC_MEM_WRITE, UC_MEM_WRITE_UNMAPPED) else 0)
+        self.machine.note_abort(self, address, access)
+        self.take_exception(VECTOR_SYNC, self.pc, esr=ec << 26 | 1 << 25 | iss, far=address)
+
+    def take_exception(self, kind: int, elr: int, esr: int | None = None, far: int | None = None) -> None:
+        """Enter EL1h at VBAR_EL1 + offset (Arm ARM AArch64.TakeException)."""
+        pstate = self.reg(A.UC_ARM64_REG_PSTATE)
+        el, spsel = pstate >> 2 & 3, pstate & 1
+        vbar = self.reg(A.UC_ARM64_REG_VBAR_EL1)
+        base = 0x400 if el == 0 else (0x200 if spsel else 0x000)
+        target = vbar + base + kind
+        if self.pc == target and kind == VECTOR_SYNC:
+            raise GuestCrash(f"CPU{self.index}: exception loop at the vector {target:#x} (ESR {esr or 0:#x})")
+        if el == 0 or not spsel:  # leaving SP_EL0: bank it, switch to SP_EL1
+            self.set_reg(A.UC_ARM64_REG_SP_EL0, self.reg(A.UC_ARM64_REG_SP))
+        self.set_reg(A.UC_ARM64_REG_ELR_EL1, elr)
+        self.set_cp_reg(SPSR_EL1, pstate & 0xFFFF_FFFF)
+        if esr is not None:
+            self.set_reg(A.UC_ARM64_REG_ESR_EL1, esr)
+        if far is not None:
+            self.set_reg(A.UC_ARM64_REG_FAR_EL1, far)
+        self.set_reg(A.UC_ARM64_REG_PSTATE, (pstate & 0xF000_0000) | PSTATE_DAIF | EL1H)
+        if el == 0 or not spsel:
+            self.set_reg(A.UC_ARM64_REG_SP, self.reg(A.UC_ARM64_REG_SP_EL1))
+        self.pc = target
+        self.state = CpuState.RUNNING
+        self.machine.note_exception(self, kind, elr, esr)
+
+    # == stage-1 translation ============================================================
+    def _on_tlb_fill(self, uc: Uc, vaddr: int, access: int, entry: Any, _: object) -> bool:
+        pa = self.translate(vaddr, access, entry)
+        if pa is None:
+            self._fault = (vaddr, access)
+            return False
+        return True
+
+    def translate(self, vaddr: int, access: int, entry: Any = None) -> int | None:
+        """Guest virtual to physical under SCTLR_EL1/TCR_EL1/TTBRn_EL1, or None on a fault."""
+        vaddr &= 0xFFFF_FFFF_FFFF_FFFF
+        sctlr = self.cp_reg(SCTLR_EL1)
+        if not sctlr & 1:
+            if entry is not None:
+                entry.paddr, entry.perms = vaddr, UC_PROT_ALL
+            return vaddr
+        tcr = self.cp_reg(TCR_EL1)
+        upper = vaddr >> 63
+        if upper:
+            tsz, epd, tg = tcr >> 16 & 0x3F, tcr >> 23 & 1, {1: 14, 2: 12, 3: 16}.get(tcr >> 30 & 3, 12)
+            ttbr = self.reg(A.UC_ARM64_REG_TTBR1_EL1)
+        else:
+            tsz, epd, tg = tcr & 0x3F, tcr >> 7 & 1, {0: 12, 1: 16, 2: 14}.get(tcr >> 14 & 3, 12)
+            ttbr = self.reg(A.UC_ARM64_REG_TTBR0_EL1)
+        ia = 64 - tsz
+        top = vaddr >> ia
+        if epd or top != ((1 << tsz) - 1 if upper else 0):
+            return None
+        stride = tg - 3
+        levels = -(-(ia - tg) // stride)
+        table = ttbr & 0x0000_FFFF_FFFF_FFFE
+        mem = self.machine.memory
+        level = 4 - levels
+        writable = executable = True
+        while True:
+            shift = tg + stride * (3 - level)
+            index = (vaddr >> shift) & ((1 << (stride if level > 4 - levels else ia - shift)) - 1)
+            try:
+                desc = mem.read64(table + index * 8)
+            except Exception:
+                return None
+            if not desc & 1:
+                return None
+            if level < 3 and desc & 2:  # table
+                table = desc & 0x0000_FFFF_FFFF_F000 & ~((1 << tg) - 1)
+                level += 1
+                continue
+            if level == 3 and not desc & 2:
+                return None  # reserved encoding at level 3
+            out = desc & 0x0000_FFFF_FFFF_F000 & ~((1 << shift) - 1)
+            pa = out | (vaddr & ((1 << shift) - 1))
+            writable = not desc >> 7 & 1
+            el0 = (self.reg(A.UC_ARM64_REG_PSTATE) >> 2 & 3) == 0
+            executable = not (desc >> 54 & 1 if el0 else desc >> 53 & 1)
+            break
+        if entry is not None:
+            entry.paddr = pa
+            entry.perms = 1 | (2 if writable else 0) | (4 if executable else 0)
+        if access == UC_MEM_WRITE and not writable:
+            return None
+        return pa

@@ -1,0 +1,119 @@
+"""The Arm PrimeCell UART (PL011), as on QEMU's virt machine at 0x09000000.
+
+Transmit goes to a callback at once (the FIFO never fills); receive comes from
+:meth:`Pl011.feed` into a 16-entry FIFO (or 1 entry with FIFOs disabled). The interrupt
+(SPI 1 on virt) follows UARTRIS & UARTIMSC for the receive and transmit sources.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+from vgic.events import EventLog
+from vgic.regs import Access, Register, RegisterBank
+
+PL011_SIZE = 0x1000
+
+FR_RXFE = 1 << 4
+FR_TXFF = 1 << 5
+FR_RXFF = 1 << 6
+FR_TXFE = 1 << 7
+INT_RX = 1 << 4
+INT_TX = 1 << 5
+INT_RT = 1 << 6
+LCR_FEN = 1 << 4
+
+PL011_REGISTERS: list[Register] = [
+    Register("DR", 0x000, 4, byte_access=True),
+    Register("RSR", 0x004, 4),
+    Register("FR", 0x018, 4, access=Access.RO),
+    Register("ILPR", 0x020, 4),
+    Register("IBRD", 0x024, 4),
+    Register("FBRD", 0x028, 4),
+    Register("LCR_H", 0x02C, 4, byte_access=True),
+    Register("CR", 0x030, 4, reset=0x300),
+    Register("IFLS", 0x034, 4, reset=0x12),
+    Register("IMSC", 0x038, 4),
+    Register("RIS", 0x03C, 4, access=Access.RO),
+    Register("MIS", 0x040, 4, access=Access.RO),
+    Register("ICR", 0x044, 4, access=Access.WO),
+    Register("DMACR", 0x048, 4),
+    *(
+        Register(f"ID{i}", 0xFE0 + 4 * i, 4, reset=v, access=Access.RO)
+        for i, v in enumerate((0x11, 0x10, 0x14, 0x00, 0x0D, 0xF0, 0x05, 0xB1))
+    ),
+]
+
+
+class Pl011:
+    def __init__(self, log: EventLog, on_tx: Callable[[int], None], on_irq: Callable[[bool], None]) -> None:
+        self.on_tx = on_tx
+        self.on_irq = on_irq
+        self.rx: deque[int] = deque()
+        self.ris = INT_TX
+        self.reads_waiting = 0  # reads of an empty receive FIFO since the last feed
+        self.regs = RegisterBank(self, PL011_REGISTERS, log, "pl011")
+        self._level = False
+
+    def read(self, offset: int, size: int) -> int:
+        return self.regs.read(offset, size)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.regs.write(offset, size, value)
+
+    @property
+    def _depth(self) -> int:
+        return 16 if self.regs.get("LCR_H") & LCR_FEN else 1
+
+    def feed(self, data: bytes) -> None:
+        """Bytes arriving on the receive line."""
+        self.rx.extend(data)
+        self.reads_waiting = 0
+        if self.rx:
+            self.ris |= INT_RX | INT_RT
+        self._update()
+
+    def read_DR(self, index: int) -> int:
+        if not self.rx:
+            self.reads_waiting += 1
+            return 0
+        c = self.rx.popleft()
+        if not self.rx:
+            self.ris &= ~(INT_RX | INT_RT)
+        self._update()
+        return c
+
+    def write_DR(self, index: int, value: int, mask: int) -> None:
+        self.on_tx(value & 0xFF)
+        self.ris |= INT_TX
+        self._update()
+
+    def read_FR(self, index: int) -> int:
+        fr = FR_TXFE
+        if not self.rx:
+            fr |= FR_RXFE
+            self.reads_waiting += 1
+        elif len(self.rx) >= self._depth:
+            fr |= FR_RXFF
+        return fr
+
+    def read_RIS(self, index: int) -> int:
+        return self.ris
+
+    def read_MIS(self, index: int) -> int:
+        return self.ris & self.regs.get("IMSC")
+
+    def write_IMSC(self, index: int, value: int, mask: int) -> None:
+        self.regs.set("IMSC", value & mask & 0x7FF)
+        self._update()
+
+    def write_ICR(self, index: int, value: int, mask: int) -> None:
+        self.ris &= ~(value & mask & ~(INT_RX | INT_RT) if self.rx else value & mask)
+        self._update()
+
+    def _update(self) -> None:
+        level = bool(self.ris & self.regs.get("IMSC"))
+        if level != self._level:
+            self._level = level
+            self.on_irq(level)

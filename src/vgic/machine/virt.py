@@ -1,0 +1,291 @@
+"""The virt machine: QEMU's ``-M virt,gic-version=3,its=on`` memory map on Unicorn CPUs.
+
+:class:`VirtMachine` owns guest RAM, the GIC (distributor, redistributors, ITS), the
+PL011, PSCI, the generic timers and the CPUs, and runs the CPUs round-robin in fixed
+instruction slices, which is deterministic for a given image and input (time, read from
+the host clock as QEMU does, is the one outside input). A CPU in WFI sleeps until one of
+its interrupt lines rises; when every CPU sleeps the machine waits for the next timer
+deadline or serial input.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import select
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from vgic.events import EventLog, Kind
+from vgic.gicv3.gic import Gic, GicConfig
+from vgic.its.its import ItsConfig
+from vgic.machine import fdt, psci
+from vgic.machine.cpu import Cpu, CpuState, GuestCrash
+from vgic.machine.loader import ImageError, load_image
+from vgic.machine.pl011 import PL011_SIZE, Pl011
+from vgic.machine.timer import CNTFRQ
+from vgic.memory import GuestMemory
+
+RAM_BASE = 0x4000_0000
+FLASH_BASE = 0x0
+FLASH_SIZE = 0x0400_0000
+RTC_BASE, FW_CFG_BASE = 0x0901_0000, 0x0902_0000
+DEFAULT_SLICE = 20_000
+
+
+class ExitStatus(enum.IntEnum):
+    """``vgic run`` exit statuses (docs/machine.md)."""
+
+    OFF = 0  # PSCI SYSTEM_OFF
+    ERROR = 1  # bad image or options: nothing ran
+    CRASH = 3  # an exception the guest cannot take
+    HANG = 4  # every CPU off or asleep with nothing that could wake it
+    TIMEOUT = 5
+    RESET = 6  # PSCI SYSTEM_RESET (QEMU would reboot)
+
+
+@dataclass
+class MachineConfig:
+    memory: int = 512 << 20
+    smp: int = 1
+    its: ItsConfig = field(default_factory=ItsConfig)
+    bootargs: str = ""
+    psci_conduit: str = "hvc"
+    slice: int = DEFAULT_SLICE
+
+
+@dataclass
+class RunResult:
+    status: ExitStatus
+    reason: str
+    seconds: float = 0.0
+    instructions: int = 0
+
+
+class _Stop(Exception):
+    def __init__(self, status: ExitStatus, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _stdout(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+def _raz(offset: int, size: int) -> int:
+    return 0
+
+
+def _wi(offset: int, size: int, value: int) -> None:
+    return None
+
+
+class VirtMachine:
+    def __init__(
+        self,
+        config: MachineConfig | None = None,
+        output: Callable[[bytes], None] | None = None,
+        log: EventLog | None = None,
+        bios: bytes | None = None,
+    ) -> None:
+        self.config = cfg = config or MachineConfig()
+        if not 1 <= cfg.smp <= 64:
+            raise ValueError("--smp must be 1 to 64")
+        self.memory = GuestMemory()
+        self.memory.add_ram(RAM_BASE, cfg.memory)
+        if bios is not None:
+            if len(bios) > FLASH_SIZE:
+                raise ImageError(f"firmware of {len(bios)} bytes is larger than the 64 MiB flash")
+            self.memory.add_ram(FLASH_BASE, FLASH_SIZE)
+            self.memory.write_bytes(FLASH_BASE, bios)
+        self.log = log or EventLog()
+        self.gic = Gic(self.memory, GicConfig(num_cpus=cfg.smp, its=(cfg.its,)), self.log)
+        self._out = output or _stdout
+        self.uart = Pl011(self.log, self._tx, lambda level: self.gic.set_spi(32 + fdt.PL011_SPI, level))
+        self.psci_conduit = cfg.psci_conduit
+        self._t0 = time.monotonic_ns()
+        self.mmio: list[tuple[int, int, Callable[[int, int], int], Callable[[int, int, int], None]]] = [
+            *self.gic.regions,
+            (fdt.PL011_BASE, PL011_SIZE, self.uart.read, self.uart.write),
+            (RTC_BASE, 0x1000, _raz, _wi),
+            (FW_CFG_BASE, 0x1000, _raz, _wi),
+            (fdt.VIRTIO_BASE, fdt.VIRTIO_SLOTS * fdt.VIRTIO_SLOT_SIZE, _raz, _wi),
+        ]
+        self.cpus = [Cpu(self, i) for i in range(cfg.smp)]
+        self._stop: _Stop | None = None
+        self.exceptions = 0
+        self.last_exception: str = ""
+        self.input: BinaryIO | None = None
+        self._input_open = False
+        self.dtb_address = 0
+
+    # == host services for devices ==================================================
+    def clock(self) -> int:
+        """The system counter: host time at CNTFRQ (62.5 MHz), as QEMU does."""
+        return (time.monotonic_ns() - self._t0) * CNTFRQ // 1_000_000_000
+
+    def _tx(self, byte: int) -> None:
+        self._out(bytes([byte]))
+
+    # == boot ============================================================================
+    def load(self, image: bytes, initrd: bytes | None = None, dtb: bytes | None = None) -> int:
+        """Load a kernel image as QEMU's -kernel does; returns its entry point."""
+        loaded = load_image(self.memory, image, RAM_BASE)
+        initrd_range = None
+        top = loaded.high
+        if initrd is not None:
+            start = RAM_BASE + min(self.config.memory // 2, 128 << 20)
+            start = max(start, (top + 0xFFFF) & ~0xFFFF)
+            if start + len(initrd) > RAM_BASE + self.config.memory:
+                raise ImageError("the initrd does not fit in RAM")
+            self.memory.write_bytes(start, initrd)
+            initrd_range = (start, start + len(initrd))
+            top = start + len(initrd)
+        self.dtb_address = self._place_dtb(dtb, initrd_range, top)
+        self.cpus[0].power_on(loaded.entry, dtb=self.dtb_address)
+        return loaded.entry
+
+    def boot_bios(self, dtb: bytes | None = None) -> None:
+        """Firmware in the flash at 0: the DTB at the start of RAM, as QEMU's -bios does."""
+        blob = dtb if dtb is not None else self.device_tree()
+        self.memory.write_bytes(RAM_BASE, blob)
+        self.dtb_address = RAM_BASE
+        self.cpus[0].power_on(FLASH_BASE, dtb=0)
+
+    def device_tree(self, initrd: tuple[int, int] | None = None) -> bytes:
+        return fdt.build(
+            fdt.FdtOptions(
+                ram_base=RAM_BASE,
+                ram_size=self.config.memory,
+                mpidrs=tuple(c.mpidr for c in self.cpus),
+                gic=self.gic.config,
+                bootargs=self.config.bootargs,
+                initrd=initrd,
+                psci_method=self.psci_conduit,
+            )
+        )
+
+    def _place_dtb(self, dtb: bytes | None, initrd: tuple[int, int] | None, top: int) -> int:
+        blob = dtb if dtb is not None else self.device_tree(initrd)
+        addr = (max(top, RAM_BASE + min(self.config.memory // 2, 128 << 20)) + 0x1FFFFF) & ~0x1FFFFF
+        if addr + len(blob) > RAM_BASE + self.config.memory:
+            addr = (top + 0xFFF) & ~0xFFF
+        if addr + len(blob) > RAM_BASE + self.config.memory:
+            raise ImageError("no room in RAM for the device tree")
+        self.memory.write_bytes(addr, blob)
+        return addr
+
+    # == PSCI (vgic.machine.psci.PsciHost) =============================================
+    def psci_call(self, cpu: int, fn: int, a1: int, a2: int, a3: int) -> int | None:
+        return psci.call(self, cpu, fn, a1, a2, a3)
+
+    def cpu_by_mpidr(self, mpidr: int) -> int | None:
+        mpidr &= 0xFF_00FF_FFFF
+        for c in self.cpus:
+            if c.mpidr == mpidr:
+                return c.index
+        return None
+
+    def cpu_is_on(self, cpu: int) -> bool:
+        return self.cpus[cpu].state is not CpuState.OFF
+
+    def cpu_on(self, cpu: int, entry: int, context: int) -> None:
+        self.cpus[cpu].power_on(entry, context)
+
+    def cpu_off(self, cpu: int) -> None:
+        self.cpus[cpu].state = CpuState.OFF
+
+    def cpu_suspend(self, cpu: int) -> None:
+        self.cpus[cpu].state = CpuState.WFI
+
+    def system_off(self) -> None:
+        self._stop = _Stop(ExitStatus.OFF, "PSCI SYSTEM_OFF")
+
+    def system_reset(self) -> None:
+        self._stop = _Stop(ExitStatus.RESET, "PSCI SYSTEM_RESET")
+
+    # == diagnostics hooks ==========================================================
+    def note_exception(self, cpu: Cpu, kind: int, elr: int, esr: int | None) -> None:
+        self.exceptions += 1
+        if esr is not None:
+            self.last_exception = f"CPU{cpu.index} synchronous exception ESR={esr:#x} ELR={elr:#x}"
+
+    def note_abort(self, cpu: Cpu, address: int, access: int) -> None:
+        self.log.record(Kind.DIAGNOSTIC, f"cpu{cpu.index}", f"abort on access to {address:#x} at PC {cpu.pc:#x}",
+                        cpu=cpu.index)  # fmt: skip
+
+    # == the run loop ===================================================================
+    def attach_input(self, stream: BinaryIO | None) -> None:
+        self.input = stream
+        self._input_open = stream is not None
+
+    def _poll_input(self, wait: float = 0.0) -> None:
+        if not self._input_open or self.input is None:
+            if wait:
+                time.sleep(wait)
+            return
+        try:
+            fd = self.input.fileno()
+            ready, _, _ = select.select([fd], [], [], wait)
+            if ready:
+                data = os.read(fd, 4096)
+                if data:
+                    self.uart.feed(data)
+                else:
+                    self._input_open = False
+        except (OSError, ValueError):
+            self._input_open = False
+
+    def run(self, timeout: float | None = None) -> RunResult:
+        """Run until SYSTEM_OFF/RESET, a crash, a hang or ``timeout`` seconds."""
+        start = time.monotonic()
+        try:
+            self._loop(start, timeout)
+        except _Stop as stop:
+            self._stop = stop
+        except GuestCrash as crash:
+            self._stop = _Stop(ExitStatus.CRASH, str(crash))
+        assert self._stop is not None
+        return RunResult(self._stop.status, self._stop.reason, time.monotonic() - start,
+                         sum(c.instructions for c in self.cpus))  # fmt: skip
+
+    def _loop(self, start: float, timeout: float | None) -> None:
+        budget = self.config.slice
+        rounds = 0
+        while self._stop is None:
+            ran = False
+            for cpu in self.cpus:
+                if cpu.state is CpuState.OFF:
+                    continue
+                cpu.timer.update()
+                before = cpu.state
+                cpu.run(budget)
+                ran = ran or before is CpuState.RUNNING or cpu.state is CpuState.RUNNING
+                if self._stop is not None:
+                    return
+            rounds += 1
+            if rounds % 16 == 0:
+                self._poll_input()
+            if timeout is not None and time.monotonic() - start > timeout:
+                raise _Stop(ExitStatus.TIMEOUT, f"timeout after {timeout:g} s")
+            if not ran:
+                self._idle(start, timeout)
+
+    def _idle(self, start: float, timeout: float | None) -> None:
+        """Every CPU is off or in WFI: wait for a timer deadline or serial input."""
+        if all(c.state is CpuState.OFF for c in self.cpus):
+            raise _Stop(ExitStatus.HANG, "every CPU is off (no SYSTEM_OFF)")
+        deadlines = [d for c in self.cpus if c.state is not CpuState.OFF and (d := c.timer.next_deadline()) is not None]
+        if not deadlines and not self._input_open:
+            raise _Stop(ExitStatus.HANG, "every CPU waits for an interrupt that nothing can raise")
+        wait = 0.01
+        if deadlines:
+            wait = max(0.0, min(wait, (min(deadlines) - self.clock()) / CNTFRQ))
+        if timeout is not None:
+            wait = max(0.0, min(wait, timeout - (time.monotonic() - start)))
+        self._poll_input(wait)
