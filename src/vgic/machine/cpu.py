@@ -68,6 +68,7 @@ EC_IABT_LOW, EC_IABT_CUR, EC_DABT_LOW, EC_DABT_CUR, EC_BRK = 0x20, 0x21, 0x24, 0
 EXCP_UDEF, EXCP_SWI, EXCP_PREFETCH_ABORT, EXCP_DATA_ABORT, EXCP_BKPT, EXCP_HVC, EXCP_SMC = 1, 2, 3, 4, 7, 11, 13
 
 VECTOR_SYNC, VECTOR_IRQ, VECTOR_FIQ = 0x000, 0x080, 0x100
+NEVER = 0xFFFF_FFFF_FFFF_FFFC  # an "until" address no guest reaches (0 would stop a PC of 0)
 
 
 class CpuState(enum.Enum):
@@ -168,7 +169,7 @@ class Cpu:
         self._event = None
         self.instructions += count
         try:
-            self.uc.emu_start(self.pc, 0, count=count)
+            self.uc.emu_start(self.pc, NEVER, count=count)
         except UcError as e:
             if self._event is None:
                 self._event = ("memfault", e)
@@ -380,6 +381,9 @@ class Cpu:
 
     # == stage-1 translation ============================================================
     def _on_tlb_fill(self, uc: Uc, vaddr: int, access: int, entry: Any, _: object) -> bool:
+        if vaddr & ~0xFFF == NEVER & ~0xFFF:
+            entry.paddr, entry.perms = vaddr, UC_PROT_ALL  # Unicorn looks up the "until" address
+            return True
         pa = self.translate(vaddr, access, entry)
         if pa is None:
             self._fault = (vaddr, access)

@@ -30,7 +30,7 @@ from vgic.machine.timer import CNTFRQ
 from vgic.memory import GuestMemory
 
 RAM_BASE = 0x4000_0000
-FLASH_BASE = 0x0
+FLASH_BASE = 0x0  # two 64 MiB flash banks, as QEMU's virt: firmware, then variables
 FLASH_SIZE = 0x0400_0000
 RTC_BASE, FW_CFG_BASE = 0x0901_0000, 0x0902_0000
 DEFAULT_SLICE = 20_000
@@ -101,7 +101,7 @@ class VirtMachine:
         if bios is not None:
             if len(bios) > FLASH_SIZE:
                 raise ImageError(f"firmware of {len(bios)} bytes is larger than the 64 MiB flash")
-            self.memory.add_ram(FLASH_BASE, FLASH_SIZE)
+            self.memory.add_ram(FLASH_BASE, 2 * FLASH_SIZE)
             self.memory.write_bytes(FLASH_BASE, bios)
         self.log = log or EventLog()
         self.gic = Gic(self.memory, GicConfig(num_cpus=cfg.smp, its=(cfg.its,)), self.log)
