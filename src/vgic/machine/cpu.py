@@ -32,6 +32,7 @@ from unicorn import (  # type: ignore[attr-defined]  # unicorn's stubs lag its A
     UC_HOOK_TLB_FILL,
     UC_MEM_FETCH,
     UC_MEM_FETCH_UNMAPPED,
+    UC_MEM_READ,
     UC_MEM_WRITE,
     UC_MEM_WRITE_UNMAPPED,
     UC_MODE_ARM,
@@ -56,6 +57,8 @@ MPIDR_EL1 = (3, 0, 0, 0, 5)
 SCTLR_EL1 = (1, 0, 3, 0, 0)  # (CRn, CRm, op0, op1, op2) as Unicorn's CP_REG takes it
 TCR_EL1 = (2, 0, 3, 0, 2)
 SPSR_EL1 = (4, 0, 3, 0, 0)
+PAR_EL1 = (7, 4, 3, 0, 0)
+MAIR_EL1 = (10, 2, 3, 0, 0)
 
 INSN_WFI = 0xD503207F
 HVC_MASK, HVC_BITS, SMC_BITS = 0xFFE0001F, 0xD4000002, 0xD4000003
@@ -100,6 +103,8 @@ class Cpu:
         self._recording = False
         self._event: tuple[str, Any] | None = None
         self._fault: tuple[int, int] | None = None  # (address, access) of the last bad access
+        self._walk_level = -1  # level of the last table walk's last descriptor
+        self._walk_desc = 0  # its final descriptor
         uc = self.uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
         uc.ctl_set_cpu_model(A.UC_CPU_ARM64_A57)
         uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)  # type: ignore[attr-defined]
@@ -110,6 +115,7 @@ class Cpu:
         uc.hook_add(UC_HOOK_INTR, self._on_intr)
         uc.hook_add(UC_HOOK_INSN, self._on_mrs, None, 1, 0, A.UC_ARM64_INS_MRS)
         uc.hook_add(UC_HOOK_INSN, self._on_msr, None, 1, 0, A.UC_ARM64_INS_MSR)
+        uc.hook_add(UC_HOOK_INSN, self._on_sys, None, 1, 0, A.UC_ARM64_INS_SYS)
         uc.hook_add(
             UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED, self._on_unmapped
         )
@@ -290,6 +296,23 @@ class Cpu:
             uc.emu_stop()
         return 1
 
+    def _on_sys(self, uc: Uc, reg: int, cp: Any, _: object) -> int:
+        """AT S1E1R/W, S1E0R/W (SYS #0, C7, C8, #0..3): a stage-1 walk into PAR_EL1."""
+        if (cp.op0, cp.op1, cp.crn, cp.crm) != (1, 0, 7, 8) or cp.op2 > 3:
+            return 0
+        vaddr = int(uc.reg_read(reg)) if reg else 0
+        access = UC_MEM_WRITE if cp.op2 & 1 else UC_MEM_READ
+        pa = self.translate(vaddr, access)
+        if pa is None:
+            par = 1 | (0x4 | max(self._walk_level, 0)) << 1 | 1 << 11  # translation fault, level
+        else:
+            desc = self._walk_desc
+            attr = self.cp_reg(MAIR_EL1) >> (8 * (desc >> 2 & 7)) & 0xFF if self.cp_reg(SCTLR_EL1) & 1 else 0x44
+            par = attr << 56 | pa & 0x000F_FFFF_FFFF_F000 | 1 << 11 | 1 << 9 | (desc >> 8 & 3) << 7
+        self.set_cp_reg(PAR_EL1, par)
+        uc.reg_write(A.UC_ARM64_REG_PC, uc.reg_read(A.UC_ARM64_REG_PC) + 4)
+        return 1
+
     # == synchronous exceptions =======================================================
     def _on_intr(self, uc: Uc, intno: int, _: object) -> None:
         self._event = ("intr", intno)
@@ -394,6 +417,7 @@ class Cpu:
         """Guest virtual to physical under SCTLR_EL1/TCR_EL1/TTBRn_EL1, or None on a fault."""
         vaddr &= 0xFFFF_FFFF_FFFF_FFFF
         sctlr = self.cp_reg(SCTLR_EL1)
+        self._walk_level, self._walk_desc = -1, 0
         if not sctlr & 1:
             if entry is not None:
                 entry.paddr, entry.perms = vaddr, UC_PROT_ALL
@@ -419,6 +443,7 @@ class Cpu:
         while True:
             shift = tg + stride * (3 - level)
             index = (vaddr >> shift) & ((1 << (stride if level > 4 - levels else ia - shift)) - 1)
+            self._walk_level = level
             try:
                 desc = mem.read64(table + index * 8)
             except Exception:
@@ -433,6 +458,7 @@ class Cpu:
                 return None  # reserved encoding at level 3
             out = desc & 0x0000_FFFF_FFFF_F000 & ~((1 << shift) - 1)
             pa = out | (vaddr & ((1 << shift) - 1))
+            self._walk_desc = desc
             writable = not desc >> 7 & 1
             el0 = (self.reg(A.UC_ARM64_REG_PSTATE) >> 2 & 3) == 0
             executable = not (desc >> 54 & 1 if el0 else desc >> 53 & 1)
