@@ -32,9 +32,15 @@ typecheck: deps
 unit: deps
 	$(VENV)/bin/pytest
 
-test: sysdeps deps lint typecheck unit
+guests: sysdeps deps
+	$(MAKE) -C guests PYTHON=$(abspath $(PY))
 
-demo: sysdeps deps
+test: sysdeps deps lint typecheck guests unit
+
+# The demo: the its_demo guest (driver bring-up, MSIs through GITS_TRANSLATER and INT,
+# IRQ delivery on 4 CPUs) on vgic's virt machine, then the model-level narrated demo.
+demo: guests
+	$(VENV)/bin/vgic run --smp 4 --timeout 120 guests/out/its_demo.elf
 	$(VENV)/bin/vgic demo
 
 bench: sysdeps deps
