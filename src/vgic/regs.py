@@ -84,6 +84,17 @@ class RegisterBank:
         for r in self.registers.values():
             self.values[r.name] = [r.reset] * r.count
 
+    # -- save/restore -------------------------------------------------------------------
+    def save_state(self) -> dict[str, list[int]]:
+        return {name: list(vals) for name, vals in self.values.items()}
+
+    def load_state(self, state: dict[str, list[int]]) -> None:
+        for name, vals in state.items():
+            r = self.registers.get(name)
+            if r is None or len(vals) != r.count:
+                raise ValueError(f"{self.source}: saved register {name} does not fit this model")
+            self.values[name] = [int(v) for v in vals]
+
     # -- value access for handlers and tools ----------------------------------------
     def get(self, name: str, index: int = 0) -> int:
         return self.values[name][index]

@@ -41,6 +41,21 @@ class InterruptBank:
         self.edge = 0  # 1 = edge-triggered (ICFGR odd bits)
         self.priority = bytearray(self.first + self.count)
 
+    _FIELDS = ("enabled", "latched", "level", "active", "group", "edge")
+
+    def save_state(self) -> dict[str, object]:
+        d: dict[str, object] = {f: getattr(self, f) for f in self._FIELDS}
+        d["priority"] = self.priority.hex()
+        return d
+
+    def load_state(self, state: dict[str, object]) -> None:
+        for f in self._FIELDS:
+            setattr(self, f, int(state[f]))  # type: ignore[call-overload]
+        prio = bytes.fromhex(str(state["priority"]))
+        if len(prio) != len(self.priority):
+            raise ValueError("saved priorities do not fit this interrupt bank")
+        self.priority = bytearray(prio)
+
     @property
     def pending(self) -> int:
         return self.latched | (self.level & ~self.edge)

@@ -112,6 +112,21 @@ class CpuInterface:
             self.irq_level = False
             self.fiq_level = False
 
+    _STATE = ("pmr", "bpr0", "bpr1", "eoimode", "cbpr", "igrpen0", "igrpen1")
+
+    def save_state(self) -> dict[str, object]:
+        d: dict[str, object] = {k: int(getattr(self, k)) for k in self._STATE}
+        d["ap"] = list(self.ap)
+        return d
+
+    def load_state(self, state: dict[str, object]) -> None:
+        with self.lock:
+            for k in self._STATE:
+                v = int(state[k])  # type: ignore[call-overload]
+                setattr(self, k, bool(v) if k in ("eoimode", "cbpr", "igrpen0", "igrpen1") else v)
+            self.ap = [int(x) for x in state["ap"]]  # type: ignore[attr-defined]
+            self.irq_level = self.fiq_level = False
+
     # -- priority arithmetic -----------------------------------------------------------
     @property
     def _pri_mask(self) -> int:

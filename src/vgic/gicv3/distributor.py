@@ -94,6 +94,19 @@ class Distributor:
         for intid in range(32, 32 + self.num_spis):
             self._route(intid, 0)
 
+    def save_state(self) -> dict[str, object]:
+        with self.lock:
+            return {"regs": self.regs.save_state(), "spis": self.spis.save_state()}
+
+    def load_state(self, state: dict[str, object]) -> None:
+        with self.lock:
+            self.regs.load_state(state["regs"])  # type: ignore[arg-type]
+            self.spis.load_state(state["spis"])  # type: ignore[arg-type]
+            for intid in range(32, 32 + self.num_spis):
+                v = self.regs.get("IROUTER", intid)
+                aff = (v >> 32 & 0xFF) << 24 | (v & 0xFFFFFF)
+                self._route(intid, 0 if v >> 31 & 1 else self.affinity_to_cpu.get(aff, -1))
+
     def read(self, offset: int, size: int) -> int:
         with self.lock:
             return self.regs.read(offset, size)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from vgic.events import EventLog, Kind
 from vgic.gicv3.cpu_interface import CpuInterface
@@ -87,6 +88,41 @@ class Gic:
             ),
             (config.gicr_base, RD_FRAME_SIZE * config.num_cpus, self._gicr_read, self._gicr_write),
         ]
+
+    # == save/restore ==================================================================
+    def fingerprint(self) -> dict[str, object]:
+        """The configuration a snapshot must be restored into (validated on restore)."""
+        c = self.config
+        return {
+            "num_cpus": c.num_cpus,
+            "num_spis": c.num_spis,
+            "pri_bits": c.pri_bits,
+            "redistributor": repr(c.redistributor),
+            "its": [repr(i) for i in c.its],
+            "its_bases": list(c.its_bases[: len(c.its)]),
+            "gicd_base": c.gicd_base,
+            "gicr_base": c.gicr_base,
+        }
+
+    def save_state(self) -> dict[str, object]:
+        return {
+            "distributor": self.distributor.save_state(),
+            "redistributors": [rd.save_state() for rd in self.redistributors],
+            "cpus": [cpu.save_state() for cpu in self.cpus],
+            "its": [its.save_state() for its in self.its],
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.distributor.load_state(state["distributor"])
+        if len(state["redistributors"]) != len(self.redistributors) or len(state["its"]) != len(self.its):
+            raise ValueError("the snapshot has a different number of CPUs or ITSes")
+        for rd, s in zip(self.redistributors, state["redistributors"], strict=True):
+            rd.load_state(s)
+        for cpu, s in zip(self.cpus, state["cpus"], strict=True):
+            cpu.load_state(s)
+        for its, s in zip(self.its, state["its"], strict=True):
+            its.load_state(s)
+        self._update_all()
 
     def _update_all(self) -> None:
         for cpu in self.cpus:

@@ -127,6 +127,34 @@ class Redistributor:
         """The cached configuration byte of a pending LPI (None when not cached)."""
         return self._config.get(intid)
 
+    # -- save/restore ----------------------------------------------------------------
+    def save_state(self) -> dict[str, object]:
+        with self.lock:
+            return {
+                "regs": self.regs.save_state(),
+                "enable_lpis": self._enable_lpis,
+                "lpi_limit": self._lpi_limit,
+                "pending": sorted(self._pending),
+                "config": sorted(self._config.items()),
+                "table_bits": sorted(self._table_bits),
+                "sgi": self.sgi.save_state() if self.sgi is not None else None,
+            }
+
+    def load_state(self, state: dict[str, object]) -> None:
+        with self.lock:
+            self.regs.load_state(state["regs"])  # type: ignore[arg-type]
+            self._enable_lpis = bool(state["enable_lpis"])
+            self._lpi_limit = int(state["lpi_limit"])  # type: ignore[call-overload]
+            self._pending = {int(i) for i in state["pending"]}  # type: ignore[attr-defined]
+            self._config = {int(i): int(c) for i, c in state["config"]}  # type: ignore[attr-defined]
+            if set(self._config) != self._pending:
+                raise ValueError(f"{self.source}: saved configuration cache does not match pending LPIs")
+            self._table_bits = {int(i) for i in state["table_bits"]}  # type: ignore[attr-defined]
+            self._heap = [(c & 0xFC, i) for i, c in self._config.items() if c & 1]
+            heapq.heapify(self._heap)
+            if self.sgi is not None and state.get("sgi") is not None:
+                self.sgi.load_state(state["sgi"])  # type: ignore[arg-type]
+
     # -- MMIO ------------------------------------------------------------------------
     def read(self, offset: int, size: int) -> int:
         with self.lock:
@@ -471,6 +499,13 @@ class SgiFrame:
             setattr(self, f"read_{name}", self._reader(which))
             setattr(self, f"write_{name}", self._writer(which, op))
         self.regs = RegisterBank(self, GICR_SGI_REGISTERS, rd.log, rd.source)
+
+    def save_state(self) -> dict[str, object]:
+        return {"regs": self.regs.save_state(), "bank": self.bank.save_state()}
+
+    def load_state(self, state: dict[str, object]) -> None:
+        self.regs.load_state(state["regs"])  # type: ignore[arg-type]
+        self.bank.load_state(state["bank"])  # type: ignore[arg-type]
 
     def _reader(self, which: str) -> Callable[[int], int]:
         return lambda index: self.bank.word(which, 0)

@@ -165,6 +165,61 @@ class Its:
             self.bus_device_id: int | None = None  # set by a bus for the next TRANSLATER write
             self._invalidate_caches()
 
+    # == save/restore ================================================================
+    def save_state(self) -> dict[str, object]:
+        """Everything needed to continue exactly: registers, queue position, stall, caches."""
+        with self.lock:
+            return {
+                "regs": self.regs.save_state(),
+                "enabled": self._enabled,
+                "stalled": self._stalled,
+                "queue_invalid": self._queue_invalid,
+                "creadr": self._creadr,
+                "cwriter": self._cwriter,
+                "hcc_collections": sorted(self._hcc_collections.items()),
+                "devices": [
+                    [dev_id, d.entry.itt_addr, d.entry.size, sorted((e, i.pintid, i.icid) for e, i in d.events.items())]
+                    for dev_id, d in sorted(self._devices.items())
+                ],
+                "collections": sorted((icid, rd.index) for icid, rd in self._collections.items()),
+            }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore without side effects: no command runs, no MSI is raised (a restore
+        in any register order cannot replay a stale queue)."""
+        with self.lock:
+            self.regs.load_state(state["regs"])
+            self._enabled = bool(state["enabled"])
+            self._stalled = bool(state["stalled"])
+            self._queue_invalid = bool(state["queue_invalid"])
+            self._creadr = int(state["creadr"])
+            self._cwriter = int(state["cwriter"])
+            self._hcc_collections = {int(i): int(r) for i, r in state["hcc_collections"]}
+            self._invalidate_caches()
+            for dev_id, itt, size, events in state["devices"]:
+                self._devices[int(dev_id)] = _Device(
+                    DeviceEntry(int(itt), int(size)), {int(e): InterruptEntry(int(p), int(c)) for e, p, c in events}
+                )
+            for icid, rd_index in state["collections"]:
+                self._collections[int(icid)] = self.redistributors[int(rd_index)]
+
+    # == views for tools (vgic inspect, diagnostics) ===================================
+    def table(self, kind: int) -> TableGeometry | None:
+        """The table of a GITS_BASER Type (BASER_TYPE_DEVICE, BASER_TYPE_COLLECTION)."""
+        return self._geometry(kind)
+
+    def resolve_rdbase(self, rdbase: int) -> Redistributor | None:
+        return self._redistributor(rdbase)
+
+    @property
+    def hcc_collections(self) -> dict[int, int]:
+        """Collections held in the ITS (ICID < HCC): ICID -> RDbase."""
+        return dict(self._hcc_collections)
+
+    def cached_device(self, device_id: int) -> DeviceEntry | None:
+        dev = self._devices.get(device_id)
+        return None if dev is None else dev.entry
+
     def _invalidate_caches(self) -> None:
         self._devices: dict[int, _Device] = {}
         self._collections: dict[int, Redistributor] = {}

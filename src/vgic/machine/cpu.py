@@ -74,6 +74,40 @@ VECTOR_SYNC, VECTOR_IRQ, VECTOR_FIQ = 0x000, 0x080, 0x100
 NEVER = 0xFFFF_FFFF_FFFF_FFFC  # an "until" address no guest reaches (0 would stop a PC of 0)
 
 
+_SAVED_REGS: list[tuple[str, int]] = [
+    *((f"X{i}", getattr(A, f"UC_ARM64_REG_X{i}")) for i in range(29)),
+    ("X29", A.UC_ARM64_REG_X29),
+    ("X30", A.UC_ARM64_REG_X30),
+    *((f"Q{i}", getattr(A, f"UC_ARM64_REG_Q{i}")) for i in range(32)),
+    ("PSTATE", A.UC_ARM64_REG_PSTATE),
+    ("SP_EL0", A.UC_ARM64_REG_SP_EL0),
+    ("SP_EL1", A.UC_ARM64_REG_SP_EL1),
+    ("SP", A.UC_ARM64_REG_SP),
+    ("ELR_EL1", A.UC_ARM64_REG_ELR_EL1),
+    ("ESR_EL1", A.UC_ARM64_REG_ESR_EL1),
+    ("FAR_EL1", A.UC_ARM64_REG_FAR_EL1),
+    ("VBAR_EL1", A.UC_ARM64_REG_VBAR_EL1),
+    ("TPIDR_EL0", A.UC_ARM64_REG_TPIDR_EL0),
+    ("TPIDR_EL1", A.UC_ARM64_REG_TPIDR_EL1),
+    ("TPIDRRO_EL0", A.UC_ARM64_REG_TPIDRRO_EL0),
+    ("CPACR_EL1", A.UC_ARM64_REG_CPACR_EL1),
+    ("MAIR_EL1", A.UC_ARM64_REG_MAIR_EL1),
+    ("TTBR0_EL1", A.UC_ARM64_REG_TTBR0_EL1),
+    ("TTBR1_EL1", A.UC_ARM64_REG_TTBR1_EL1),
+    ("FPCR", A.UC_ARM64_REG_FPCR),
+    ("FPSR", A.UC_ARM64_REG_FPSR),
+]
+_SAVED_CP_REGS: list[tuple[str, tuple[int, int, int, int, int]]] = [
+    ("SCTLR_EL1", SCTLR_EL1),
+    ("TCR_EL1", TCR_EL1),
+    ("SPSR_EL1", SPSR_EL1),
+    ("PAR_EL1", PAR_EL1),
+    ("CONTEXTIDR_EL1", (13, 0, 3, 0, 1)),
+    ("CNTKCTL_EL1", (14, 1, 3, 0, 0)),
+    ("AMAIR_EL1", (10, 3, 3, 0, 0)),
+]
+
+
 class CpuState(enum.Enum):
     OFF = "off"
     RUNNING = "running"
@@ -133,6 +167,44 @@ class Cpu:
 
     def set_cp_reg(self, enc: tuple[int, int, int, int, int], value: int) -> None:
         self.uc.reg_write(A.UC_ARM64_REG_CP_REG, (*enc, value))
+
+    # == save/restore ====================================================================
+    def save_state(self) -> dict[str, object]:
+        """Architectural state: general, FP/SIMD and EL1 system registers, power state."""
+        regs = {name: self.reg(r) for name, r in _SAVED_REGS}
+        regs.update({name: self.cp_reg(enc) for name, enc in _SAVED_CP_REGS})
+        return {
+            "regs": regs,
+            "pc": self.pc,
+            "state": self.state_name,
+            "timer": self.timer.save_state(),
+            "replay": [list(x) for x in self._replay],
+            "instructions": self.instructions,
+        }
+
+    @property
+    def state_name(self) -> str:
+        return self.state.value
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        regs = state["regs"]
+        for name, enc in _SAVED_CP_REGS:
+            self.set_cp_reg(enc, int(regs[name]))
+        self.set_reg(A.UC_ARM64_REG_PSTATE, int(regs["PSTATE"]))
+        for name, r in _SAVED_REGS:
+            if name not in ("PSTATE", "SP"):
+                self.set_reg(r, int(regs[name]))
+        self.set_reg(A.UC_ARM64_REG_SP, int(regs["SP"]))  # the active bank, last
+        self.pc = int(state["pc"])
+        self.state = CpuState(state["state"])
+        self.timer.load_state(state["timer"])
+        self._replay = [(int(a), int(v)) for a, v in state["replay"]]
+        self.instructions = int(state["instructions"])
+
+    @property
+    def busy(self) -> bool:
+        """In the middle of an instruction (a stopped MMIO access still to replay)."""
+        return bool(self._replay)
 
     # == power =========================================================================
     def power_on(self, entry: int, context: int = 0, dtb: int | None = None) -> None:

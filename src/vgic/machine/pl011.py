@@ -56,6 +56,15 @@ class Pl011:
         self.regs = RegisterBank(self, PL011_REGISTERS, log, "pl011")
         self._level = False
 
+    def save_state(self) -> dict[str, object]:
+        return {"regs": self.regs.save_state(), "rx": bytes(self.rx).hex(), "ris": self.ris, "level": self._level}
+
+    def load_state(self, state: dict[str, object]) -> None:
+        self.regs.load_state(state["regs"])  # type: ignore[arg-type]
+        self.rx = deque(bytes.fromhex(str(state["rx"])))
+        self.ris = int(state["ris"])  # type: ignore[call-overload]
+        self._level = bool(state["level"])
+
     def read(self, offset: int, size: int) -> int:
         return self.regs.read(offset, size)
 

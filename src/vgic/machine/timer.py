@@ -56,6 +56,15 @@ class GenericTimer:
         self.virt = _Timer()
         self._levels = {PHYS_TIMER_PPI: False, VIRTUAL_TIMER_PPI: False}
 
+    def save_state(self) -> dict[str, int]:
+        return {"phys_ctl": self.phys.ctl, "phys_cval": self.phys.cval, "virt_ctl": self.virt.ctl,
+                "virt_cval": self.virt.cval}  # fmt: skip
+
+    def load_state(self, state: dict[str, int]) -> None:
+        self.phys = _Timer(int(state["phys_ctl"]), int(state["phys_cval"]))
+        self.virt = _Timer(int(state["virt_ctl"]), int(state["virt_cval"]))
+        self._levels = {PHYS_TIMER_PPI: False, VIRTUAL_TIMER_PPI: False}
+
     def _timer(self, crm: int) -> _Timer:
         return self.phys if crm == 2 else self.virt
 

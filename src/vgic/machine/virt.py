@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from vgic.events import EventLog, Kind
 from vgic.gicv3.gic import Gic, GicConfig
@@ -45,6 +45,7 @@ class ExitStatus(enum.IntEnum):
     HANG = 4  # every CPU off or asleep with nothing that could wake it
     TIMEOUT = 5
     RESET = 6  # PSCI SYSTEM_RESET (QEMU would reboot)
+    PAUSED = 7  # stopped at a pause point (--snapshot-on, --migrate-on): the machine can go on
 
 
 @dataclass
@@ -123,6 +124,60 @@ class VirtMachine:
         self.input: BinaryIO | None = None
         self._input_open = False
         self.dtb_address = 0
+        self.pause_when: Callable[[], bool] | None = None  # checked between scheduling rounds
+        self._output_tail = b""
+
+    # == save/restore (vgic.snapshot) ===============================================
+    def save_state(self) -> dict[str, Any]:
+        from vgic.snapshot import its_config_to_dict
+
+        cfg = self.config
+        return {
+            "config": {
+                "memory": cfg.memory,
+                "smp": cfg.smp,
+                "its": its_config_to_dict(cfg.its),
+                "bootargs": cfg.bootargs,
+                "psci_conduit": cfg.psci_conduit,
+                "slice": cfg.slice,
+                "flash": any(r.base == FLASH_BASE for r in self.memory.regions),
+            },
+            "counter": self.clock(),
+            "dtb_address": self.dtb_address,
+            "gic": self.gic.save_state(),
+            "uart": self.uart.save_state(),
+            "cpus": [c.save_state() for c in self.cpus],
+        }
+
+    @classmethod
+    def from_state_config(
+        cls, state: dict[str, Any], output: Callable[[bytes], None] | None = None, log: EventLog | None = None
+    ) -> VirtMachine:
+        """An empty machine configured as the one a snapshot was taken of."""
+        from vgic.snapshot import its_config_from_dict
+
+        c = state["config"]
+        config = MachineConfig(
+            memory=int(c["memory"]),
+            smp=int(c["smp"]),
+            its=its_config_from_dict(c["its"]),
+            bootargs=str(c["bootargs"]),
+            psci_conduit=str(c["psci_conduit"]),
+            slice=int(c["slice"]),
+        )
+        return cls(config, output=output, log=log, bios=b"" if c["flash"] else None)
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        counter = int(state["counter"])
+        self._t0 = time.monotonic_ns() - counter * 1_000_000_000 // CNTFRQ
+        self.dtb_address = int(state["dtb_address"])
+        self.uart.load_state(state["uart"])
+        if len(state["cpus"]) != len(self.cpus):
+            raise ValueError("the snapshot has a different number of CPUs")
+        for cpu, s in zip(self.cpus, state["cpus"], strict=True):
+            cpu.load_state(s)
+        self.gic.load_state(state["gic"])
+        self._stop = None
 
     # == host services for devices ==================================================
     def clock(self) -> int:
@@ -130,7 +185,18 @@ class VirtMachine:
         return (time.monotonic_ns() - self._t0) * CNTFRQ // 1_000_000_000
 
     def _tx(self, byte: int) -> None:
+        self._output_tail = (self._output_tail + bytes([byte]))[-256:]
         self._out(bytes([byte]))
+
+    def pause_on(self, what: str) -> None:
+        """Pause when the guest waits for serial input (``input``) or prints ``what``."""
+        if what == "input":
+            self.uart.reads_waiting = 0
+            self.pause_when = lambda: self.uart.reads_waiting >= 64
+        else:
+            marker = what.encode()
+            self._output_tail = b""
+            self.pause_when = lambda: marker in self._output_tail
 
     # == boot ============================================================================
     def load(self, image: bytes, initrd: bytes | None = None, dtb: bytes | None = None) -> int:
@@ -244,6 +310,7 @@ class VirtMachine:
     def run(self, timeout: float | None = None) -> RunResult:
         """Run until SYSTEM_OFF/RESET, a crash, a hang or ``timeout`` seconds."""
         start = time.monotonic()
+        self._stop = None
         try:
             self._loop(start, timeout)
         except _Stop as stop:
@@ -269,6 +336,9 @@ class VirtMachine:
                 if self._stop is not None:
                     return
             rounds += 1
+            if self.pause_when is not None and self.pause_when() and not any(c.busy for c in self.cpus):
+                self.pause_when = None
+                raise _Stop(ExitStatus.PAUSED, "paused")
             if rounds % 16 == 0:
                 self._poll_input()
             if timeout is not None and time.monotonic() - start > timeout:
