@@ -1,10 +1,20 @@
-"""The ``vgic`` command line: ``vgic run`` (a guest on the virt machine) and ``vgic demo``."""
+"""The ``vgic`` command line.
+
+* ``vgic run IMAGE``: a guest on the virt machine (QEMU-like options), with snapshot,
+  restore, migration, tracing and the driver-writer's report.
+* ``vgic decode`` / ``vgic asm``: ITS command queues to text and back.
+* ``vgic inspect SNAPSHOT``: tables, collections and LPI state of a snapshot.
+* ``vgic demo``: the model-level narrated demo.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
+
+EXIT_ERROR = 1
 
 
 def _size(text: str) -> int:
@@ -16,57 +26,200 @@ def _size(text: str) -> int:
     return int(t) << 20
 
 
-def _run(args: argparse.Namespace) -> int:
+def _read(path: str | None, what: str) -> bytes | None:
+    from vgic.machine.loader import ImageError
+
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise ImageError(f"cannot read {what} {path}: {e.strerror}") from None
+
+
+def _build(args: argparse.Namespace) -> Any:
+    from vgic import snapshot
     from vgic.its.its import ErrorPolicy, ItsConfig
     from vgic.machine.loader import ImageError
-    from vgic.machine.virt import ExitStatus, MachineConfig, VirtMachine
+    from vgic.machine.virt import MachineConfig, VirtMachine
 
-    def read(path: str | None, what: str) -> bytes | None:
-        if path is None:
-            return None
-        try:
-            return Path(path).read_bytes()
-        except OSError as e:
-            raise ImageError(f"cannot read {what} {path}: {e.strerror}") from None
+    if args.restore:
+        return snapshot.load_machine(args.restore)
+    config = MachineConfig(
+        memory=_size(args.memory),
+        smp=args.smp,
+        bootargs=args.append or "",
+        its=ItsConfig(error_policy=ErrorPolicy(args.its_errors)),
+    )
+    bios = _read(args.bios, "firmware")
+    machine = VirtMachine(config, bios=bios)
+    dtb = _read(args.dtb, "device tree")
+    if args.image is None and bios is None:
+        raise ImageError("give an IMAGE to run, --bios FIRMWARE, or --restore SNAPSHOT")
+    if args.image is not None:
+        image = _read(args.image, "image")
+        assert image is not None
+        machine.load(image, initrd=_read(args.initrd, "initrd"), dtb=dtb)
+    else:
+        machine.boot_bios(dtb)
+    return machine
+
+
+def _run(args: argparse.Namespace) -> int:
+    import time
+
+    from vgic import snapshot
+    from vgic.machine.loader import ImageError
+    from vgic.machine.virt import ExitStatus
+    from vgic.tools import report as report_mod
+    from vgic.tools.trace import Tracer
 
     try:
-        config = MachineConfig(
-            memory=_size(args.memory),
-            smp=args.smp,
-            bootargs=args.append or "",
-            its=ItsConfig(error_policy=ErrorPolicy(args.its_errors)),
-        )
-        bios = read(args.bios, "firmware")
-        machine = VirtMachine(config, bios=bios)
-        dtb = read(args.dtb, "device tree")
-        if args.image is None and bios is None:
-            raise ImageError("give an IMAGE to run, or --bios FIRMWARE")
-        if args.image is not None:
-            image = read(args.image, "image")
-            assert image is not None
-            machine.load(image, initrd=read(args.initrd, "initrd"), dtb=dtb)
-        else:
-            machine.boot_bios(dtb)
-    except (ImageError, ValueError) as e:
+        machine = _build(args)
+    except (ImageError, ValueError, snapshot.SnapshotError) as e:
         print(f"vgic: {e}", file=sys.stderr)
-        return int(ExitStatus.ERROR)
-    machine.attach_input(None if sys.stdin is None or sys.stdin.closed else sys.stdin.buffer)
-    result = machine.run(timeout=args.timeout)
-    if result.status is not ExitStatus.OFF:
-        print(f"\nvgic: {result.reason} (exit status {int(result.status)})", file=sys.stderr)
+        return EXIT_ERROR
+    stdin = None if sys.stdin is None or sys.stdin.closed else sys.stdin.buffer
+    tracer = None
+    trace_file = None
+
+    def attach(m: Any) -> None:
+        nonlocal tracer
+        m.attach_input(stdin)
+        if trace_file is not None:
+            tracer = Tracer(m.log, trace_file, "json" if args.trace.endswith(".json") else "text",
+                            lambda: m.current_cpu, len(m.cpus))  # fmt: skip
+
+    if args.trace:
+        trace_file = open(args.trace, "w")  # noqa: SIM115 - closed below
+    attach(machine)
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    pause = args.snapshot_on[0] if args.snapshot_on else args.migrate_on
+    if pause:
+        machine.pause_on(pause)
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        result = machine.run(timeout=left)
+        if result.status is not ExitStatus.PAUSED:
+            break
+        if args.snapshot_on:
+            snapshot.save_machine(machine, args.snapshot_on[1])
+            print(f"\nvgic: snapshot written to {args.snapshot_on[1]}", file=sys.stderr)
+            break
+        # migration: snapshot, tear down, restore into a new machine, go on
+        blob = snapshot.machine_to_bytes(machine)
+        if tracer is not None:
+            tracer.close()
+            tracer = None
+        old = machine
+        machine = snapshot.machine_from_bytes(blob)
+        del old
+        print(f"\nvgic: migrated ({len(blob)} bytes of state)", file=sys.stderr)
+        attach(machine)
+    if tracer is not None:
+        tracer.close()
+    if trace_file is not None:
+        trace_file.close()
+    status = result.status
+    if status not in (ExitStatus.OFF, ExitStatus.PAUSED):
+        print(f"\nvgic: {result.reason} (exit status {int(status)})", file=sys.stderr)
         for cpu in machine.cpus:
             print(f"vgic:   CPU{cpu.index} {cpu.state.value} PC={cpu.pc:#x}", file=sys.stderr)
         if machine.last_exception:
             print(f"vgic:   last exception: {machine.last_exception}", file=sys.stderr)
         for ev in machine.log.errors[-5:]:
             print(f"vgic:   ITS error: {ev}", file=sys.stderr)
-    return int(result.status)
+    if args.report:
+        text = report_mod.report(machine.log, machine.gic)
+        if args.report == "-":
+            print(text, file=sys.stderr)
+        else:
+            Path(args.report).write_text(text + "\n")
+    if args.inspect:
+        from vgic.tools import inspector
+
+        print(inspector.report(machine.gic), file=sys.stderr)
+    return 0 if status is ExitStatus.PAUSED else int(status)
+
+
+def _decode(args: argparse.Namespace) -> int:
+    from vgic import snapshot
+    from vgic.tools.decode import decode_queue
+
+    marks: dict[int, str] = {}
+    typer = None
+    ncpus = None
+    if args.snapshot:
+        try:
+            machine = snapshot.load_machine(args.snapshot)
+        except snapshot.SnapshotError as e:
+            print(f"vgic: {e}", file=sys.stderr)
+            return EXIT_ERROR
+        its = machine.gic.its[args.its]
+        cbaser = its.regs.get("CBASER")
+        base, size = cbaser & 0x000F_FFFF_FFFF_F000, ((cbaser & 0xFF) + 1) * 4096
+        data = machine.memory.read_bytes(base, size)
+        creadr, cwriter = its.read_CREADR(0), its.read_CWRITER(0)
+        marks[creadr & ~1] = "GITS_CREADR" + (" (stalled here)" if creadr & 1 else "")
+        marks[cwriter] = marks.get(cwriter, "") + (", " if cwriter in marks else "") + "GITS_CWRITER"
+        typer, ncpus = its.typer, len(machine.cpus)
+        if not args.all:
+            data = data[: max(cwriter, creadr & ~1) + 32]
+    else:
+        try:
+            data = Path(args.file).read_bytes()[args.offset :]
+        except (OSError, TypeError) as e:
+            print(f"vgic: cannot read {args.file}: {e}", file=sys.stderr)
+            return EXIT_ERROR
+        if args.length is not None:
+            data = data[: args.length]
+    bad = 0
+    for line in decode_queue(data, 0, typer, ncpus, marks):
+        if not args.all and not args.snapshot and line.command.name == "OPCODE_0x00" and not any(line.command.words()):
+            continue  # an empty slot
+        bad += bool(line.problems)
+        print(line)
+    return 3 if bad and args.strict else 0
+
+
+def _asm(args: argparse.Namespace) -> int:
+    from vgic.tools.decode import assemble
+
+    text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text()
+    try:
+        data = assemble(text.splitlines())
+    except ValueError as e:
+        print(f"vgic: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.output == "-":
+        sys.stdout.buffer.write(data)
+    else:
+        Path(args.output).write_bytes(data)
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from vgic import snapshot
+    from vgic.tools import inspector
+
+    try:
+        machine = snapshot.load_machine(args.snapshot)
+        gic = machine.gic
+    except snapshot.SnapshotError as e:
+        try:
+            gic = snapshot.load_gic(args.snapshot)
+        except snapshot.SnapshotError:
+            print(f"vgic: {e}", file=sys.stderr)
+            return EXIT_ERROR
+    print(inspector.report(gic, limit=args.limit))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vgic", description="GICv3 ITS reference model and virt machine")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="run the built-in demo")
+    sub.add_parser("demo", help="run the model-level narrated demo")
+
     run = sub.add_parser("run", help="run an aarch64 guest on the virt machine (QEMU-like options)")
     run.add_argument("image", nargs="?", help="ELF, arm64 Image or flat binary (as QEMU's -kernel)")
     run.add_argument("-m", "--memory", default="512M", help="RAM size (default 512M)")
@@ -78,15 +231,47 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--timeout", type=float, help="stop after this many seconds (exit status 5)")
     run.add_argument("--its-errors", choices=("stall", "continue"), default="stall",
                      help="ITS command error policy (default stall)")  # fmt: skip
+    run.add_argument("--snapshot-on", nargs=2, metavar=("PAUSE", "FILE"),
+                     help="at PAUSE ('input': the guest waits for serial input; else a text the guest "
+                          "prints) write a snapshot to FILE and stop")  # fmt: skip
+    run.add_argument("--restore", metavar="FILE", help="continue from a snapshot instead of booting")
+    run.add_argument("--migrate-on", metavar="PAUSE",
+                     help="at PAUSE, snapshot, tear the machine down, restore into a new one and go on")  # fmt: skip
+    run.add_argument("--trace", metavar="FILE",
+                     help="write a trace: Chrome/Perfetto JSON if FILE ends in .json, else plain text")  # fmt: skip
+    run.add_argument("--report", nargs="?", const="-", metavar="FILE",
+                     help="at exit, the report of ITS errors and questionable guest actions (stderr or FILE)")  # fmt: skip
+    run.add_argument("--inspect", action="store_true", help="at exit, print the ITS tables and LPI state")
+
+    dec = sub.add_parser("decode", help="disassemble an ITS command queue")
+    dec.add_argument("file", nargs="?", help="a file of 32-byte commands or a memory dump")
+    dec.add_argument("--offset", type=lambda s: int(s, 0), default=0, help="where the queue starts in FILE")
+    dec.add_argument("--length", type=lambda s: int(s, 0), help="bytes to decode")
+    dec.add_argument("--snapshot", help="decode the command queue of a machine snapshot")
+    dec.add_argument("--its", type=int, default=0, help="which ITS of the snapshot")
+    dec.add_argument("--all", action="store_true", help="show empty slots and the whole queue")
+    dec.add_argument("--strict", action="store_true", help="exit status 3 if any command has a problem")
+
+    asm = sub.add_parser("asm", help="assemble ITS commands from text (one per line) into 32-byte commands")
+    asm.add_argument("input", help="text file, or - for stdin")
+    asm.add_argument("-o", "--output", default="-", help="output file (default stdout)")
+
+    ins = sub.add_parser("inspect", help="print the ITS tables and LPI state of a snapshot")
+    ins.add_argument("snapshot")
+    ins.add_argument("--limit", type=int, default=1 << 20, help="most table entries scanned per table")
+
     args = parser.parse_args(argv)
     if args.command == "demo":
         from vgic import demo
 
         demo.run()
         return 0
-    if args.command == "run":
-        return _run(args)
-    return 2  # pragma: no cover
+    if args.command == "decode":
+        if not args.file and not args.snapshot:
+            parser.error("decode needs FILE or --snapshot")
+        return _decode(args)
+    handlers = {"run": _run, "asm": _asm, "inspect": _inspect}
+    return handlers[args.command](args)
 
 
 if __name__ == "__main__":

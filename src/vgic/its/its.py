@@ -162,6 +162,7 @@ class Its:
             self._creadr = 0
             self._cwriter = 0
             self._hcc_collections: dict[int, int] = {}  # ICID -> RDbase, held in the ITS
+            self._unsynced: set[int] = set()  # CPUs with mapping changes not yet followed by SYNC
             self.bus_device_id: int | None = None  # set by a bus for the next TRANSLATER write
             self._invalidate_caches()
 
@@ -182,6 +183,7 @@ class Its:
                     for dev_id, d in sorted(self._devices.items())
                 ],
                 "collections": sorted((icid, rd.index) for icid, rd in self._collections.items()),
+                "unsynced": sorted(self._unsynced),
             }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -202,6 +204,7 @@ class Its:
                 )
             for icid, rd_index in state["collections"]:
                 self._collections[int(icid)] = self.redistributors[int(rd_index)]
+            self._unsynced = {int(i) for i in state.get("unsynced", [])}
 
     # == views for tools (vgic inspect, diagnostics) ===================================
     def table(self, kind: int) -> TableGeometry | None:
@@ -269,6 +272,7 @@ class Its:
             self._process()
         else:
             self._enabled = False
+            self.verify_caches()
             self._invalidate_caches()
             self.log.record(Kind.STATE, self.source, "ITS disabled")
 
@@ -332,6 +336,9 @@ class Its:
                        "IHI0069 12.19.5")  # fmt: skip
             return
         self._queue_invalid = False
+        if not self._enabled and self._cwriter != self._creadr:
+            self._diag(f"commands queued (CWRITER {self._cwriter:#x}) while the ITS is disabled: they wait "
+                       "until GITS_CTLR.Enabled is set", "IHI0069 12.19.6")  # fmt: skip
         if value & 1 and self._stalled:
             self._stalled = False
             self.log.record(Kind.STATE, self.source, "command queue retried", offset=self._creadr)
@@ -423,6 +430,11 @@ class Its:
             self.log.record(Kind.TRANSLATION, self.source,
                             f"MSI DeviceID={device_id:#x} EventID={event_id} -> LPI {ite.pintid} on CPU {rd.index}",
                             device_id=device_id, event_id=event_id, intid=ite.pintid, cpu=rd.index)  # fmt: skip
+        if rd.index in self._unsynced:
+            self._unsynced.discard(rd.index)
+            self._diag(f"MSI DeviceID={device_id:#x} EventID={event_id} reaches CPU {rd.index} after mapping "
+                       f"commands with no SYNC for its redistributor since: delivery is not guaranteed to see "
+                       f"them", "IHI0069 6.3.13")  # fmt: skip
         return rd.set_lpi_pending(ite.pintid, f"(MSI {device_id:#x}/{event_id})")
 
     def _fault(self, device_id: int, event_id: int, why: str) -> None:
@@ -621,6 +633,7 @@ class Its:
             self.memory.write64(addr, encode_collection(cmd.rdbase) if cmd.valid else 0)
         if rd is not None and cmd.valid:
             self._collections[cmd.icid] = rd
+            self._unsynced.add(rd.index)
         else:
             self._collections.pop(cmd.icid, None)
 
@@ -653,6 +666,7 @@ class Its:
             self._diag(f"{cmd.name} of DeviceID {cmd.device_id:#x} EventID {cmd.event_id}, already mapped to "
                        f"LPI {old.pintid}: UNPREDICTABLE, mapping replaced", "IHI0069 6.3.10")  # fmt: skip
         self._write_ite(dev, cmd.event_id, InterruptEntry(pintid, cmd.icid))
+        self._mark_unsynced(cmd.icid)
 
     def MAPI(self, cmd: C.Mapi) -> None:
         """MAPTI with pINTID = EventID (6.3.9)."""
@@ -670,6 +684,7 @@ class Its:
         if old_rd is not new_rd:
             old_rd.move_pending_to(new_rd, [ite.pintid])
         self._write_ite(dev, cmd.event_id, InterruptEntry(ite.pintid, cmd.icid))
+        self._unsynced.add(new_rd.index)
 
     def MOVALL(self, cmd: C.Movall) -> None:
         """Move every pending LPI of RDbase1 to RDbase2, ORed into its state (6.3.12)."""
@@ -700,7 +715,11 @@ class Its:
     def INT(self, cmd: C.Int) -> None:
         """Make an event's LPI pending, as an MSI would (6.3.5)."""
         _, ite, rd = self._target(cmd)
-        rd.set_lpi_pending(ite.pintid, f"(INT {cmd.device_id:#x}/{cmd.event_id})")
+        if rd.set_lpi_pending(ite.pintid, f"(INT {cmd.device_id:#x}/{cmd.event_id})"):
+            cfg = rd.lpi_config(ite.pintid)
+            if cfg is not None and not cfg & 1:
+                self._diag(f"INT of LPI {ite.pintid}, which is disabled in its configuration table: it stays "
+                           "pending until enabled and reloaded (INV/INVALL)", "IHI0069 5.1.1")  # fmt: skip
 
     def CLEAR(self, cmd: C.Clear) -> None:
         """Remove the pending state of an event's LPI (6.3.1)."""
@@ -709,9 +728,38 @@ class Its:
 
     def SYNC(self, cmd: C.Sync) -> None:
         """Commands take effect synchronously, so SYNC only checks its RDbase (6.3.13)."""
-        if self._redistributor(cmd.rdbase) is None:
+        rd = self._redistributor(cmd.rdbase)
+        if rd is not None:
+            self._unsynced.discard(rd.index)
+        else:
             self._diag(f"SYNC RDbase {cmd.rdbase:#x} names no redistributor: UNPREDICTABLE, ignored",
                        "IHI0069 6.3.13")  # fmt: skip
+
+    def _mark_unsynced(self, icid: int) -> None:
+        rd = self._collections.get(icid)
+        if rd is not None:
+            self._unsynced.add(rd.index)
+
+    def verify_caches(self) -> list[str]:
+        """Compare every cached DTE and ITE with guest memory. A difference means the guest
+        wrote a table the ITS was using, which is UNPREDICTABLE (5.2); each is reported."""
+        found: list[str] = []
+        for dev_id, dev in list(self._devices.items()):
+            try:
+                mem = DeviceEntry.decode(self.memory.read64(self._dte_address(dev_id)))
+                if mem != dev.entry:
+                    found.append(f"the device table entry of DeviceID {dev_id:#x} was written by the guest "
+                                 "while the ITS used it")  # fmt: skip
+                    continue
+                for ev, ite in list(dev.events.items()):
+                    if InterruptEntry.decode(self.memory.read64(self._ite_address(dev, ev))) != ite:
+                        found.append(f"the ITT entry of DeviceID {dev_id:#x} EventID {ev} was written by the "
+                                     "guest while the ITS used it")  # fmt: skip
+            except (_Miss, MemoryFault):
+                continue
+        for message in found:
+            self._diag(message + ": UNPREDICTABLE", "IHI0069 5.2")
+        return found
 
     def _diag(self, message: str, rule: str) -> None:
         self.log.record(Kind.DIAGNOSTIC, self.source, message, rule=rule)

@@ -125,6 +125,7 @@ class VirtMachine:
         self._input_open = False
         self.dtb_address = 0
         self.pause_when: Callable[[], bool] | None = None  # checked between scheduling rounds
+        self.current_cpu: int | None = None  # the CPU running now (for traces)
         self._output_tail = b""
 
     # == save/restore (vgic.snapshot) ===============================================
@@ -331,7 +332,9 @@ class VirtMachine:
                     continue
                 cpu.timer.update()
                 before = cpu.state
+                self.current_cpu = cpu.index
                 cpu.run(budget)
+                self.current_cpu = None
                 ran = ran or before is CpuState.RUNNING or cpu.state is CpuState.RUNNING
                 if self._stop is not None:
                     return

@@ -1,0 +1,62 @@
+"""The exit report for driver writers: every architected error and questionable sequence.
+
+Built from the :class:`~vgic.events.EventLog`: command errors with their code, queue
+offset, command and explanation; then the diagnostics (UNPREDICTABLE or suspicious guest
+actions: commands while disabled, tables written while in use, MAPTI over a mapping, INT
+to a disabled LPI, MSIs with no SYNC after mapping changes, bad register accesses),
+grouped with counts, each with the spec rule. The ITSes' caches are checked against guest
+memory first, so tables the guest overwrote in use are found even if never re-read.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+from vgic.events import EventLog, Kind
+from vgic.gicv3.gic import Gic
+
+
+def _shape(message: str) -> str:
+    """A message with its numbers blanked, to group repeats."""
+    return re.sub(r"0x[0-9a-fA-F]+|\d+", "#", message)
+
+
+def report(log: EventLog, gic: Gic | None = None) -> str:
+    if gic is not None:
+        for its in gic.its:
+            with its.lock:
+                its.verify_caches()
+    lines: list[str] = []
+    errors = log.of(Kind.COMMAND_ERROR)
+    counts = log.counts
+    lines.append(f"ITS command errors: {counts[Kind.COMMAND_ERROR]}")
+    for ev in errors:
+        lines.append(f"  {ev.source} offset {ev.offset:#x}: error {ev.code or 0:#08x} {ev.message}")
+        if ev.command:
+            lines.append(f"      command: {ev.command}")
+        if ev.rule:
+            lines.append(f"      rule: {ev.rule}")
+    if counts[Kind.COMMAND_ERROR] > len(errors):
+        lines.append(f"  ({counts[Kind.COMMAND_ERROR] - len(errors)} older errors left the log)")
+    for title, kinds in (("Questionable guest actions", (Kind.DIAGNOSTIC,)),
+                         ("MSIs that were not translated", (Kind.TRANSLATION_FAULT,)),
+                         ("LPIs the redistributors ignored", (Kind.LPI_DROPPED,))):  # fmt: skip
+        events = log.of(*kinds)
+        total = sum(counts[k] for k in kinds)
+        lines.append(f"{title}: {total}")
+        groups: Counter[tuple[str, str, str]] = Counter()
+        first: dict[tuple[str, str, str], str] = {}
+        for ev in events:
+            key = (ev.source, _shape(ev.message), ev.rule or "")
+            groups[key] += 1
+            if key not in first:
+                where = (
+                    f" (queue offset {ev.offset:#x})" if ev.offset is not None and ev.source.startswith("its") else ""
+                )
+                first[key] = ev.message + where
+        for key, n in groups.most_common():
+            times = f" x{n}" if n > 1 else ""
+            rule = f" [{key[2]}]" if key[2] else ""
+            lines.append(f"  {key[0]}: {first[key]}{times}{rule}")
+    return "\n".join(lines)
