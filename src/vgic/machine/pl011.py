@@ -52,7 +52,7 @@ class Pl011:
         self.on_irq = on_irq
         self.rx: deque[int] = deque()
         self.ris = INT_TX
-        self.reads_waiting = 0  # reads of an empty receive FIFO since the last feed
+        self.reads_waiting = 0  # polls of an empty receive FIFO since the last feed or transmit
         self.regs = RegisterBank(self, PL011_REGISTERS, log, "pl011")
         self._level = False
 
@@ -94,6 +94,7 @@ class Pl011:
         return c
 
     def write_DR(self, index: int, value: int, mask: int) -> None:
+        self.reads_waiting = 0  # a guest that transmits is not waiting for input
         self.on_tx(value & 0xFF)
         self.ris |= INT_TX
         self._update()
