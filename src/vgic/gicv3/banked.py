@@ -74,8 +74,11 @@ class InterruptBank:
 
     def best(self, group: int, allowed: int = -1) -> tuple[int, int] | None:
         """(priority, INTID) of the best pending, enabled, inactive interrupt of ``group``."""
-        cand = self.pending & self.enabled & ~self.active & allowed
+        pending = self.latched | (self.level & ~self.edge)  # self.pending, without a call
+        cand = pending & self.enabled & ~self.active & allowed
         cand &= self.group if group else ~self.group
+        if not cand:
+            return None
         best: tuple[int, int] | None = None
         for intid in _bits(cand):
             key = (self.priority[intid], intid)

@@ -87,6 +87,7 @@ class CpuInterface:
         self.log = log
         self.lock = lock or threading.RLock()
         self.pri_bits = pri_bits
+        self._pri_mask = (0xFF << (8 - pri_bits)) & 0xFF  # the implemented priority bits
         self.id_bits = id_bits
         self.source = f"cpu{index}"
         self.on_irq: Callable[[bool], None] = lambda level: None
@@ -128,10 +129,6 @@ class CpuInterface:
             self.irq_level = self.fiq_level = False
 
     # -- priority arithmetic -----------------------------------------------------------
-    @property
-    def _pri_mask(self) -> int:
-        return (0xFF << (8 - self.pri_bits)) & 0xFF
-
     def group_priority(self, priority: int, group: int) -> int:
         """The preemption part of a priority under the binary point (4.8.5)."""
         if group == 0 or self.cbpr:
@@ -148,12 +145,13 @@ class CpuInterface:
         return ((active & -active).bit_length() - 1) << (8 - self.pre_bits)
 
     def _best(self, group: int) -> tuple[int, int, InterruptSource] | None:
-        best: tuple[int, int, InterruptSource] | None = None
+        best: tuple[int, int] | None = None
+        best_src = None
         for src in self.sources:
             cand = src.highest_pending(group)
-            if cand is not None and (best is None or cand < best[:2]):
-                best = (cand[0], cand[1], src)
-        return best
+            if cand is not None and (best is None or cand < best):
+                best, best_src = cand, src
+        return None if best is None or best_src is None else (best[0], best[1], best_src)
 
     def _signalled(self, group: int) -> tuple[int, int, InterruptSource] | None:
         """The interrupt of ``group`` the CPU would take now, if any (4.8)."""
@@ -169,14 +167,19 @@ class CpuInterface:
     def update(self) -> None:
         """Recompute the IRQ (Group 1) and FIQ (Group 0) lines; called on any change."""
         with self.lock:
-            irq = self._signalled(1) is not None
-            fiq = self._signalled(0) is not None
-            if irq != self.irq_level:
-                self.irq_level = irq
-                self.on_irq(irq)
-            if fiq != self.fiq_level:
-                self.fiq_level = fiq
-                self.on_fiq(fiq)
+            self._update_lines()
+
+    def _update_lines(self) -> None:
+        """:meth:`update` for callers that already hold :attr:`lock`."""
+        # (_signalled tests the group enables too; testing them here first saves a call)
+        irq = self.igrpen1 and self._signalled(1) is not None
+        fiq = self.igrpen0 and self._signalled(0) is not None
+        if irq != self.irq_level:
+            self.irq_level = irq
+            self.on_irq(irq)
+        if fiq != self.fiq_level:
+            self.fiq_level = fiq
+            self.on_fiq(fiq)
 
     # -- acknowledge, priority drop, deactivate ----------------------------------------
     def acknowledge(self, group: int = 1) -> int:
@@ -191,7 +194,7 @@ class CpuInterface:
             if self.log.wants(Kind.ACKNOWLEDGE):
                 self.log.record(Kind.ACKNOWLEDGE, self.source, f"acknowledged INTID {intid} (priority {prio:#x})",
                                 intid=intid, cpu=self.index)  # fmt: skip
-            self.update()
+            self._update_lines()
             return intid
 
     def end_of_interrupt(self, intid: int, group: int = 1) -> None:
@@ -211,7 +214,7 @@ class CpuInterface:
                 self.log.record(Kind.EOI, self.source, f"EOI INTID {intid}", intid=intid, cpu=self.index)
             if not self.eoimode:
                 self._deactivate(intid)
-            self.update()
+            self._update_lines()
 
     def deactivate(self, intid: int) -> None:
         """ICC_DIR_EL1 (12.2.8): ignored when EOImode=0."""
@@ -222,7 +225,7 @@ class CpuInterface:
                                 intid=intid, cpu=self.index, rule="IHI0069 12.2.8")  # fmt: skip
                 return
             self._deactivate(intid)
-            self.update()
+            self._update_lines()
 
     def _deactivate(self, intid: int) -> None:
         if intid >= 8192:
@@ -286,13 +289,22 @@ class CpuInterface:
 
     def write_sysreg(self, name: str, value: int) -> None:
         """An MSR to an ICC_* register."""
+        if name in ("ICC_SGI1R_EL1", "ICC_ASGI1R_EL1", "ICC_SGI0R_EL1"):
+            # Outside this CPU's lock: raising an SGI takes the target redistributors' locks,
+            # and two CPUs signalling each other at once must not hold one lock each (ABBA).
+            self.on_sgi(self.index, value, 0 if name == "ICC_SGI0R_EL1" else 1)
+            return
         with self.lock:
+            # EOIR and DIR update the interrupt lines themselves when they change anything
             if name == "ICC_EOIR1_EL1":
                 self.end_of_interrupt(value, 1)
+                return
             elif name == "ICC_EOIR0_EL1":
                 self.end_of_interrupt(value, 0)
+                return
             elif name == "ICC_DIR_EL1":
                 self.deactivate(value)
+                return
             elif name == "ICC_PMR_EL1":
                 self.pmr = value & self._pri_mask
             elif name == "ICC_BPR0_EL1":
@@ -312,13 +324,10 @@ class CpuInterface:
                 if n < self._ap_words():
                     word = 0xFFFFFFFF << (32 * n)
                     self.ap[group] = (self.ap[group] & ~word) | ((value & 0xFFFFFFFF) << (32 * n))
-            elif name in ("ICC_SGI1R_EL1", "ICC_ASGI1R_EL1", "ICC_SGI0R_EL1"):
-                self.on_sgi(self.index, value, 0 if name == "ICC_SGI0R_EL1" else 1)
-                return
             elif name == "ICC_SRE_EL1":
                 return  # SRE is RAO/WI: no memory-mapped interface
             else:
                 self.log.record(Kind.DIAGNOSTIC, self.source, f"write of read-only {name}: ignored",
                                 cpu=self.index, rule="IHI0069 12.2")  # fmt: skip
                 return
-            self.update()
+            self._update_lines()

@@ -26,6 +26,8 @@ CTLR_ENABLE_GRP1 = 1 << 1
 CTLR_ARE = 1 << 4
 CTLR_DS = 1 << 6
 CTLR_RWP = 1 << 31
+TYPER_A3V = 1 << 24  # Aff3 supported in SGI generation and routing
+TYPER_NO1N = 1 << 25  # no 1-of-N SPI routing: GICD_IROUTER<n>.IRM is RAZ/WI
 
 GICD_IIDR_VALUE = 0x5600043B
 _ID = (0x44, 0x00, 0x00, 0x00, 0x92, 0xB4, 0x3B, 0x00, 0x0D, 0xF0, 0x05, 0xB1)
@@ -119,7 +121,7 @@ class Distributor:
     def read_TYPER(self, index: int) -> int:
         """ITLinesNumber, LPIS[17], IDbits[23:19] (12.9.38)."""
         lines = (self.num_spis + 32) // 32 - 1
-        return lines | 1 << 17 | (self.lpi_id_bits - 1) << 19
+        return lines | 1 << 17 | (self.lpi_id_bits - 1) << 19 | TYPER_A3V | TYPER_NO1N
 
     def write_CTLR(self, index: int, value: int, mask: int) -> None:
         """EnableGrp0/EnableGrp1 are RW; ARE and DS are fixed at 1 (RAO/WI)."""
@@ -167,11 +169,11 @@ class Distributor:
         return self.regs.get("IROUTER", index)
 
     def write_IROUTER(self, index: int, value: int, mask: int) -> None:
-        """Aff3[39:32], IRM[31], Aff2.Aff1.Aff0[23:0] (12.9.22); IRM=1 routes to CPU 0."""
+        """Aff3[39:32], Aff2.Aff1.Aff0[23:0] (12.9.22); IRM is RAZ/WI (GICD_TYPER.No1N=1)."""
         if not 32 <= index < 32 + self.num_spis:
             return
         v = (self.regs.get("IROUTER", index) & ~mask) | (value & mask)
-        v &= 0xFF_8000_0000 | 0xFFFFFF
+        v &= 0xFF_0000_0000 | 0xFFFFFF
         self.regs.set("IROUTER", v, index)
         aff = (v >> 32 & 0xFF) << 24 | (v & 0xFFFFFF)
         self._route(index, 0 if v >> 31 & 1 else self.affinity_to_cpu.get(aff, -1))
@@ -201,7 +203,7 @@ class SpiView:
 
     def highest_pending(self, group: int) -> tuple[int, int] | None:
         d = self.dist
-        if not d.group_enabled(group) or not d.route_masks:
+        if not d.route_masks or not d.route_masks[self.cpu] or not d.group_enabled(group):
             return None
         with d.lock:
             return d.spis.best(group, d.route_masks[self.cpu])

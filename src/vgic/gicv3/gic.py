@@ -42,7 +42,7 @@ class GicConfig:
     its: tuple[ItsConfig, ...] = field(default_factory=lambda: (ItsConfig(),))
     redistributor: RedistributorConfig = field(default_factory=RedistributorConfig)
     pri_bits: int = 5
-    num_spis: int = 256  # QEMU virt's count
+    num_spis: int = 224  # QEMU virt's GICD_TYPER.ITLinesNumber = 7
     gicd_base: int = VIRT_GICD_BASE
     its_bases: tuple[int, ...] = (VIRT_ITS_BASE,)
     gicr_base: int = VIRT_GICR_BASE

@@ -200,7 +200,7 @@ class Redistributor:
 
         old = self.regs.get("PROPBASER")
         v = (old & ~mask) | (value & mask)
-        v &= 0x0700_FFFF_FFFF_FF9F | 0x0F00  # IDbits, attributes, PA[51:12]
+        v &= 0x070F_FFFF_FFFF_FF9F  # OuterCache, PA[51:12], Shareability, InnerCache, IDbits
         self.regs.set("PROPBASER", sanitise_attributes(v, 7, 10, 56))
 
     def write_PENDBASER(self, index: int, value: int, mask: int) -> None:
@@ -540,9 +540,8 @@ class SgiFrame:
 
     # InterruptSource
     def highest_pending(self, group: int) -> tuple[int, int] | None:
-        if not self.group_enabled(group):
-            return None
-        return self.bank.best(group)
+        best = self.bank.best(group)  # cheap when nothing is pending: look at that first
+        return best if best is not None and self.group_enabled(group) else None
 
     def acknowledge(self, intid: int) -> None:
         self.bank.acknowledge(intid)

@@ -118,14 +118,3 @@ def decode_collection(raw: int) -> int | None:
     if not raw >> 63:
         return None
     return raw & ((1 << 36) - 1)
-
-
-def read_entry(mem: GuestMemory, address: int, entry_size: int) -> int:
-    """An entry's first 8 bytes (entries wider than 8 bytes keep the rest zero)."""
-    return mem.read64(address)
-
-
-def write_entry(mem: GuestMemory, address: int, entry_size: int, raw: int) -> None:
-    mem.write64(address, raw)
-    if entry_size > 8:
-        mem.fill(address + 8, entry_size - 8)

@@ -19,11 +19,14 @@ Unicorn runs guest code; this module supplies what Unicorn lacks (platform-notes
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from unicorn import (  # type: ignore[attr-defined]  # unicorn's stubs lag its API
     UC_ARCH_ARM64,
+    UC_CTL_IO_WRITE,
+    UC_CTL_TLB_FLUSH,
     UC_HOOK_INSN,
     UC_HOOK_INTR,
     UC_HOOK_MEM_FETCH_UNMAPPED,
@@ -44,6 +47,7 @@ from unicorn import (  # type: ignore[attr-defined]  # unicorn's stubs lag its A
 from unicorn import arm64_const as A
 
 from vgic.gicv3.cpu_interface import SYSREG_ENCODINGS
+from vgic.machine import ucfast
 from vgic.machine.timer import TIMER_SYSREGS, GenericTimer
 
 if TYPE_CHECKING:
@@ -139,16 +143,31 @@ class Cpu:
         self._fault: tuple[int, int] | None = None  # (address, access) of the last bad access
         self._walk_level = -1  # level of the last table walk's last descriptor
         self._walk_desc = 0  # its final descriptor
+        self.tlb_stale = False  # another CPU broadcast a TLBI: flush before running again
         uc = self.uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
         uc.ctl_set_cpu_model(A.UC_CPU_ARM64_A57)
         uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)  # type: ignore[attr-defined]
         for region in machine.memory.regions:
             uc.mem_map_ptr(region.base, region.size, UC_PROT_ALL, region.address)
+        # The hot crossings (MMIO, MRS/MSR, plain register access) call Unicorn's C API
+        # directly (vgic.machine.ucfast); the rest goes through the binding.
+        self.regs = ucfast.RegFile(uc)
+        # MRS/MSR dispatch by (op0, op1, CRn, CRm, op2), built once
+        gicc, timer = self.gicc, self.timer
+        self._mrs: dict[tuple[int, int, int, int, int], Callable[[], int]] = {
+            **{enc: functools.partial(gicc.read_sysreg, name) for enc, name in SYSREG_ENCODINGS.items()},
+            **{enc: functools.partial(timer.read, enc) for enc in TIMER_SYSREGS},
+            MPIDR_EL1: lambda: 0x8000_0000 | self.mpidr,
+        }
+        self._msr: dict[tuple[int, int, int, int, int], Callable[[int], None]] = {
+            **{enc: functools.partial(gicc.write_sysreg, name) for enc, name in SYSREG_ENCODINGS.items()},
+            **{enc: functools.partial(timer.write, enc) for enc in TIMER_SYSREGS},
+        }
         for base, size, read, write in machine.mmio:
-            uc.mmio_map(base, size, self._mmio_reader(base, read), None, self._mmio_writer(base, write), None)
+            ucfast.mmio_map(uc, base, size, self._mmio_reader(base, read), self._mmio_writer(base, write))
         uc.hook_add(UC_HOOK_INTR, self._on_intr)
-        uc.hook_add(UC_HOOK_INSN, self._on_mrs, None, 1, 0, A.UC_ARM64_INS_MRS)
-        uc.hook_add(UC_HOOK_INSN, self._on_msr, None, 1, 0, A.UC_ARM64_INS_MSR)
+        ucfast.hook_sysreg(uc, A.UC_ARM64_INS_MRS, self._on_mrs)
+        ucfast.hook_sysreg(uc, A.UC_ARM64_INS_MSR, self._on_msr)
         uc.hook_add(UC_HOOK_INSN, self._on_sys, None, 1, 0, A.UC_ARM64_INS_SYS)
         uc.hook_add(
             UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED, self._on_unmapped
@@ -157,10 +176,11 @@ class Cpu:
 
     # == registers ======================================================================
     def reg(self, r: int) -> int:
-        return int(self.uc.reg_read(r))
+        """A 64-bit register (X<n>, SP, PC, PSTATE, *_EL1 ids; not CP_REG or vectors)."""
+        return self.regs.read(r)
 
     def set_reg(self, r: int, value: int) -> None:
-        self.uc.reg_write(r, value)
+        self.regs.write(r, value)
 
     def cp_reg(self, enc: tuple[int, int, int, int, int]) -> int:
         return int(self.uc.reg_read(A.UC_ARM64_REG_CP_REG, enc))
@@ -227,6 +247,8 @@ class Cpu:
             if not (self.gicc.irq_level or self.gicc.fiq_level):
                 return
             self.state = CpuState.RUNNING
+        if self.tlb_stale:
+            self.flush_tlb()
         if self._replay:
             self._emulate(1)  # finish the instruction whose access asked to stop
             self._replay.clear()
@@ -296,8 +318,8 @@ class Cpu:
         self._irq_rose = False
         return not self.reg(A.UC_ARM64_REG_PSTATE) & PSTATE_I
 
-    def _mmio_reader(self, base: int, read: Callable[[int, int], int]) -> Callable[..., int]:
-        def cb(uc: Uc, offset: int, size: int, _: object) -> int:
+    def _mmio_reader(self, base: int, read: Callable[[int, int], int]) -> Callable[[int, int], int]:
+        def cb(offset: int, size: int) -> int:
             addr = base + offset
             if self._replay and not self._recording:
                 if self._replay[0][0] == addr:
@@ -312,8 +334,8 @@ class Cpu:
 
         return cb
 
-    def _mmio_writer(self, base: int, write: Callable[[int, int, int], None]) -> Callable[..., None]:
-        def cb(uc: Uc, offset: int, size: int, value: int, _: object) -> None:
+    def _mmio_writer(self, base: int, write: Callable[[int, int, int], None]) -> Callable[[int, int, int], None]:
+        def cb(offset: int, size: int, value: int) -> None:
             addr = base + offset
             if self._replay and not self._recording:
                 if self._replay[0][0] == addr:
@@ -335,41 +357,51 @@ class Cpu:
         self.uc.emu_stop()
 
     # == system registers =============================================================
-    def _on_mrs(self, uc: Uc, reg: int, cp: Any, _: object) -> int:
-        enc = (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)
-        name = SYSREG_ENCODINGS.get(enc)
-        if name is not None:
-            value = self.gicc.read_sysreg(name)
-        elif enc in TIMER_SYSREGS:
-            value = self.timer.read(enc)
-        elif enc == MPIDR_EL1:
-            value = 0x8000_0000 | self.mpidr
-        else:
+    def _on_mrs(self, reg: int, cp: Any) -> int:
+        """MRS (ucfast.hook_sysreg): answer ours and step over it; 0 leaves it to Unicorn."""
+        handler = self._mrs.get((cp.op0, cp.op1, cp.crn, cp.crm, cp.op2))
+        if handler is None:
             return 0
-        uc.reg_write(reg, value)
-        uc.reg_write(A.UC_ARM64_REG_PC, uc.reg_read(A.UC_ARM64_REG_PC) + 4)
+        regs = self.regs
+        regs.write(reg, handler())
+        regs.write(A.UC_ARM64_REG_PC, regs.read(A.UC_ARM64_REG_PC) + 4)
         if self._irq_rose and self._wants_stop():
             self._stop_requested = True
-            uc.emu_stop()
+            self.uc.emu_stop()
         return 1
 
-    def _on_msr(self, uc: Uc, reg: int, cp: Any, _: object) -> int:
-        enc = (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)
-        name = SYSREG_ENCODINGS.get(enc)
-        if name is not None:
-            self.gicc.write_sysreg(name, cp.val)
-        elif enc in TIMER_SYSREGS:
-            self.timer.write(enc, cp.val)
-        else:
+    def _on_msr(self, reg: int, cp: Any) -> int:
+        handler = self._msr.get((cp.op0, cp.op1, cp.crn, cp.crm, cp.op2))
+        if handler is None:
             return 0
-        uc.reg_write(A.UC_ARM64_REG_PC, uc.reg_read(A.UC_ARM64_REG_PC) + 4)
+        handler(cp.val)
+        regs = self.regs
+        regs.write(A.UC_ARM64_REG_PC, regs.read(A.UC_ARM64_REG_PC) + 4)
         if self._irq_rose and self._wants_stop():
             self._stop_requested = True
-            uc.emu_stop()
+            self.uc.emu_stop()
         return 1
+
+    def flush_tlb(self) -> None:
+        """Drop every cached translation of this CPU's Unicorn TLB."""
+        self.tlb_stale = False
+        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
     def _on_sys(self, uc: Uc, reg: int, cp: Any, _: object) -> int:
-        """AT S1E1R/W, S1E0R/W (SYS #0, C7, C8, #0..3): a stage-1 walk into PAR_EL1."""
+        """AT S1E1R/W, S1E0R/W (SYS #0, C7, C8, #0..3): a stage-1 walk into PAR_EL1.
+
+        TLBI (SYS #op1, C8, Cm, #op2): Unicorn's own by-address invalidation misses
+        entries filled through the virtual-TLB hook (a Linux fixmap remap read the old
+        page), so every TLBI flushes this CPU's whole TLB, and the broadcast forms
+        (Inner/Outer Shareable, CRm 1, 2, 3, 5) mark the other CPUs' TLBs stale.
+        """
+        if cp.op0 == 1 and cp.crn == 8:
+            self.flush_tlb()
+            if cp.crm in (1, 2, 3, 5):
+                for other in self.machine.cpus:
+                    if other is not self:
+                        other.tlb_stale = True
+            return 0
         if (cp.op0, cp.op1, cp.crn, cp.crm) != (1, 0, 7, 8) or cp.op2 > 3:
             return 0
         vaddr = int(uc.reg_read(reg)) if reg else 0
@@ -427,14 +459,13 @@ class Cpu:
         if (self.machine.psci_conduit == "smc") == smc:
             result = self.machine.psci_call(self.index, *args)
             if result is not None:
-                if self.state is CpuState.RUNNING:
+                if self.state is not CpuState.OFF:  # CPU_SUSPEND returns SUCCESS on wake-up
                     self.set_reg(A.UC_ARM64_REG_X0, result & 0xFFFF_FFFF_FFFF_FFFF)
                 return
-            if not smc:
-                self.set_reg(A.UC_ARM64_REG_X0, 0xFFFF_FFFF_FFFF_FFFF)  # SMCCC NOT_SUPPORTED
-                return
-        ec = EC_SMC if smc else EC_HVC
-        self.take_exception(VECTOR_SYNC, pc, esr=ec << 26 | 1 << 25 | (insn >> 5 & 0xFFFF))
+        # Not a PSCI call: with no EL2 or EL3 behind it, HVC and SMC are UNDEFINED at EL1
+        # (Arm ARM C6.2.113, C6.2.247), as on QEMU's virt machine: an Unknown-reason
+        # exception whose ELR is the instruction itself.
+        self.take_exception(VECTOR_SYNC, pc - 4, esr=EC_UNKNOWN << 26 | 1 << 25)
 
     def _abort(self) -> None:
         address, access = self._fault or (0, 0)
