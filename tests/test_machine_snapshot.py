@@ -42,7 +42,9 @@ def test_guest_continues_identically_after_restore(name: str, smp: int, marker: 
     assert out2.rstrip().endswith(b"PASS")
 
 
-def _vgic(*args: str, stdin: bytes | None = None, delay: float = 0.0, timeout: float = 90) -> subprocess.CompletedProcess[bytes]:
+def _vgic(
+    *args: str, stdin: bytes | None = None, delay: float = 0.0, timeout: float = 90
+) -> subprocess.CompletedProcess[bytes]:
     """Run the CLI; ``stdin`` is written after ``delay`` seconds (a user typing later)."""
     proc = subprocess.Popen([sys.executable, "-m", "vgic.cli", *args], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip

@@ -155,10 +155,19 @@ def _decode(args: argparse.Namespace) -> int:
         except snapshot.SnapshotError as e:
             print(f"vgic: {e}", file=sys.stderr)
             return EXIT_ERROR
+        from vgic.memory import MemoryFault
+
         its = machine.gic.its[args.its]
         cbaser = its.regs.get("CBASER")
+        if not cbaser >> 63:
+            print(f"ITS {args.its} has no command queue (GITS_CBASER.Valid=0)")
+            return 0
         base, size = cbaser & 0x000F_FFFF_FFFF_F000, ((cbaser & 0xFF) + 1) * 4096
-        data = machine.memory.read_bytes(base, size)
+        try:
+            data = machine.memory.read_bytes(base, size)
+        except MemoryFault:
+            print(f"vgic: the command queue at {base:#x} is outside guest RAM", file=sys.stderr)
+            return EXIT_ERROR
         creadr, cwriter = its.read_CREADR(0), its.read_CWRITER(0)
         marks[creadr & ~1] = "GITS_CREADR" + (" (stalled here)" if creadr & 1 else "")
         marks[cwriter] = marks.get(cwriter, "") + (", " if cwriter in marks else "") + "GITS_CWRITER"

@@ -27,6 +27,7 @@ from unicorn import (  # type: ignore[attr-defined]  # unicorn's stubs lag its A
     UC_ARCH_ARM64,
     UC_CTL_IO_WRITE,
     UC_CTL_TLB_FLUSH,
+    UC_HOOK_BLOCK,
     UC_HOOK_INSN,
     UC_HOOK_INTR,
     UC_HOOK_MEM_FETCH_UNMAPPED,
@@ -144,6 +145,7 @@ class Cpu:
         self._walk_level = -1  # level of the last table walk's last descriptor
         self._walk_desc = 0  # its final descriptor
         self.tlb_stale = False  # another CPU broadcast a TLBI: flush before running again
+        self._unmask_hook: int | None = None  # block hook armed while an interrupt waits behind DAIF
         uc = self.uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
         uc.ctl_set_cpu_model(A.UC_CPU_ARM64_A57)
         uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)  # type: ignore[attr-defined]
@@ -253,13 +255,20 @@ class Cpu:
             self._emulate(1)  # finish the instruction whose access asked to stop
             self._replay.clear()
             self._after_stop()
-            if self.state is not CpuState.RUNNING:
+            if self.state is not CpuState.RUNNING or self.machine.pause_requested:
                 return
         self._take_interrupt_if_unmasked()
-        # With an interrupt waiting behind PSTATE.I, run in short slices so an unmask
-        # (msr daifclr, which raises no hook) is seen quickly.
+        # With an interrupt waiting behind PSTATE.I, run in short slices and watch block
+        # boundaries: ``msr daifclr`` raises no hook but ends its translation block, so a
+        # block hook sees the unmask at once even when the guest masks again a few
+        # instructions later (Linux's idle loop: WFI masked, unmask, mask).
         if self.gicc.irq_level or self.gicc.fiq_level:
             budget = min(budget, 256)
+            if self._unmask_hook is None:
+                self._unmask_hook = self.uc.hook_add(UC_HOOK_BLOCK, self._on_block)
+        elif self._unmask_hook is not None:
+            self.uc.hook_del(self._unmask_hook)
+            self._unmask_hook = None
         self._emulate(budget)
         self._after_stop()
 
@@ -302,6 +311,11 @@ class Cpu:
         if level:
             self._irq_rose = True
 
+    def _on_block(self, uc: Uc, address: int, size: int, _: object) -> None:
+        pstate = int(uc.reg_read(A.UC_ARM64_REG_PSTATE))
+        if (self.gicc.irq_level and not pstate & PSTATE_I) or (self.gicc.fiq_level and not pstate & PSTATE_F):
+            uc.emu_stop()
+
     def _take_interrupt_if_unmasked(self) -> None:
         if not (self.gicc.irq_level or self.gicc.fiq_level):
             return
@@ -328,7 +342,7 @@ class Cpu:
             value = read(offset, size)
             if self._recording:
                 self._replay.append((addr, value))
-            elif self._wants_stop():
+            elif self.machine.pause_requested or self._wants_stop():
                 self._request_stop(addr, value)
             return value
 
@@ -345,7 +359,7 @@ class Cpu:
             write(offset, size, value)
             if self._recording:
                 self._replay.append((addr, 0))
-            elif self._wants_stop():
+            elif self.machine.pause_requested or self._wants_stop():
                 self._request_stop(addr, 0)
 
         return cb
@@ -499,6 +513,11 @@ class Cpu:
         if far is not None:
             self.set_reg(A.UC_ARM64_REG_FAR_EL1, far)
         self.set_reg(A.UC_ARM64_REG_PSTATE, (pstate & 0xF000_0000) | PSTATE_DAIF | EL1H)
+        if el == 0:
+            # Unicorn's PSTATE write does not rebuild its cached EL (hflags): without this
+            # the handler would be translated as EL0 code and its first MRS be UNDEFINED.
+            # A system-register write through CP_REG rebuilds them.
+            self.set_cp_reg(SCTLR_EL1, self.cp_reg(SCTLR_EL1))
         if el == 0 or not spsel:
             self.set_reg(A.UC_ARM64_REG_SP, self.reg(A.UC_ARM64_REG_SP_EL1))
         self.pc = target

@@ -126,6 +126,8 @@ class VirtMachine:
         self.dtb_address = 0
         self.pause_when: Callable[[], bool] | None = None  # checked between scheduling rounds
         self.current_cpu: int | None = None  # the CPU running now (for traces)
+        self._pause_marker: bytes | None = None
+        self.pause_requested = False  # a CPU stops at its next device access and the run pauses
         self._output_tail = b""
 
     # == save/restore (vgic.snapshot) ===============================================
@@ -187,6 +189,8 @@ class VirtMachine:
 
     def _tx(self, byte: int) -> None:
         self._output_tail = (self._output_tail + bytes([byte]))[-256:]
+        if self._pause_marker is not None and self._pause_marker in self._output_tail:
+            self.pause_requested = True  # stop the printing CPU right after this store
         self._out(bytes([byte]))
 
     def pause_on(self, what: str) -> None:
@@ -195,9 +199,9 @@ class VirtMachine:
             self.uart.reads_waiting = 0
             self.pause_when = lambda: self.uart.reads_waiting >= 64
         else:
-            marker = what.encode()
+            self._pause_marker = what.encode()
             self._output_tail = b""
-            self.pause_when = lambda: marker in self._output_tail
+            self.pause_when = lambda: self.pause_requested
 
     # == boot ============================================================================
     def load(self, image: bytes, initrd: bytes | None = None, dtb: bytes | None = None) -> int:
@@ -338,10 +342,12 @@ class VirtMachine:
                 ran = ran or before is CpuState.RUNNING or cpu.state is CpuState.RUNNING
                 if self._stop is not None:
                     return
+                if self.pause_when is not None and self.pause_when() and not any(c.busy for c in self.cpus):
+                    self.pause_when = None
+                    self._pause_marker = None
+                    self.pause_requested = False
+                    raise _Stop(ExitStatus.PAUSED, "paused")
             rounds += 1
-            if self.pause_when is not None and self.pause_when() and not any(c.busy for c in self.cpus):
-                self.pause_when = None
-                raise _Stop(ExitStatus.PAUSED, "paused")
             if rounds % 16 == 0:
                 self._poll_input()
             if timeout is not None and time.monotonic() - start > timeout:
