@@ -218,3 +218,14 @@ def test_every_tool_on_every_corpus_guest(name: str, tmp_path: Path) -> None:
     assert decoded.returncode == 0
     assert b"GITS_CWRITER" in decoded.stdout or (name == "timer_irq" and b"no command queue" in decoded.stdout)
     assert b"== ITS 0" in _vgic("inspect", str(snap)).stdout
+
+
+def test_run_decode_at_exit_flags_the_bad_commands() -> None:
+    guest = OUT / "its_errors.elf"
+    if not guest.exists():
+        pytest.skip("guests not built")
+    r = _vgic("run", "--timeout", "60", "--decode", str(guest))
+    assert r.returncode == 0
+    text = r.stderr.decode()
+    assert "== ITS 0 command queue" in text and "<- GITS_CREADR, GITS_CWRITER" in text
+    assert "!! " in text  # the guest's deliberately bad commands are flagged

@@ -135,11 +135,37 @@ def _run(args: argparse.Namespace) -> int:
             print(text, file=sys.stderr)
         else:
             Path(args.report).write_text(text + "\n")
+    if args.decode:
+        for n in range(len(machine.gic.its)):
+            print(f"== ITS {n} command queue", file=sys.stderr)
+            print(live_queue(machine.gic, n), file=sys.stderr)
     if args.inspect:
         from vgic.tools import inspector
 
         print(inspector.report(machine.gic), file=sys.stderr)
     return 0 if status is ExitStatus.PAUSED else int(status)
+
+
+def live_queue(gic: Any, its_index: int = 0, whole: bool = False) -> str:
+    """The command queue of a live (or restored) ITS, with CREADR/CWRITER marked."""
+    from vgic.memory import MemoryFault
+    from vgic.tools.decode import decode_queue
+
+    its = gic.its[its_index]
+    cbaser = its.regs.get("CBASER")
+    if not cbaser >> 63:
+        return f"ITS {its_index} has no command queue (GITS_CBASER.Valid=0)"
+    base, size = cbaser & 0x000F_FFFF_FFFF_F000, ((cbaser & 0xFF) + 1) * 4096
+    try:
+        data = gic.memory.read_bytes(base, size)
+    except MemoryFault:
+        return f"the command queue of ITS {its_index} at {base:#x} is outside guest RAM"
+    creadr, cwriter = its.read_CREADR(0), its.read_CWRITER(0)
+    marks = {creadr & ~1: "GITS_CREADR" + (" (stalled here)" if creadr & 1 else "")}
+    marks[cwriter] = marks.get(cwriter, "") + (", " if cwriter in marks else "") + "GITS_CWRITER"
+    if not whole:
+        data = data[: max(cwriter, creadr & ~1) + 32]
+    return "\n".join(str(line) for line in decode_queue(data, 0, its.typer, len(gic.cpus), marks))
 
 
 def _decode(args: argparse.Namespace) -> int:
@@ -155,25 +181,9 @@ def _decode(args: argparse.Namespace) -> int:
         except snapshot.SnapshotError as e:
             print(f"vgic: {e}", file=sys.stderr)
             return EXIT_ERROR
-        from vgic.memory import MemoryFault
-
-        its = machine.gic.its[args.its]
-        cbaser = its.regs.get("CBASER")
-        if not cbaser >> 63:
-            print(f"ITS {args.its} has no command queue (GITS_CBASER.Valid=0)")
-            return 0
-        base, size = cbaser & 0x000F_FFFF_FFFF_F000, ((cbaser & 0xFF) + 1) * 4096
-        try:
-            data = machine.memory.read_bytes(base, size)
-        except MemoryFault:
-            print(f"vgic: the command queue at {base:#x} is outside guest RAM", file=sys.stderr)
-            return EXIT_ERROR
-        creadr, cwriter = its.read_CREADR(0), its.read_CWRITER(0)
-        marks[creadr & ~1] = "GITS_CREADR" + (" (stalled here)" if creadr & 1 else "")
-        marks[cwriter] = marks.get(cwriter, "") + (", " if cwriter in marks else "") + "GITS_CWRITER"
-        typer, ncpus = its.typer, len(machine.cpus)
-        if not args.all:
-            data = data[: max(cwriter, creadr & ~1) + 32]
+        text = live_queue(machine.gic, args.its, args.all)
+        print(text)
+        return 3 if args.strict and "  !! " in text else 0
     else:
         try:
             data = Path(args.file).read_bytes()[args.offset :]
@@ -251,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--report", nargs="?", const="-", metavar="FILE",
                      help="at exit, the report of ITS errors and questionable guest actions (stderr or FILE)")  # fmt: skip
     run.add_argument("--inspect", action="store_true", help="at exit, print the ITS tables and LPI state")
+    run.add_argument("--decode", action="store_true", help="at exit, disassemble the ITS command queues")
 
     dec = sub.add_parser("decode", help="disassemble an ITS command queue")
     dec.add_argument("file", nargs="?", help="a file of 32-byte commands or a memory dump")
