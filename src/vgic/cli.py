@@ -161,11 +161,22 @@ def live_queue(gic: Any, its_index: int = 0, whole: bool = False) -> str:
     except MemoryFault:
         return f"the command queue of ITS {its_index} at {base:#x} is outside guest RAM"
     creadr, cwriter = its.read_CREADR(0), its.read_CWRITER(0)
-    marks = {creadr & ~1: "GITS_CREADR" + (" (stalled here)" if creadr & 1 else "")}
-    marks[cwriter] = marks.get(cwriter, "") + (", " if cwriter in marks else "") + "GITS_CWRITER"
-    if not whole:
-        data = data[: max(cwriter, creadr & ~1) + 32]
-    return "\n".join(str(line) for line in decode_queue(data, 0, its.typer, len(gic.cpus), marks))
+    pointers = {creadr & ~1: "GITS_CREADR" + (" (stalled here)" if creadr & 1 else "")}
+    pointers[cwriter] = pointers.get(cwriter, "") + (", " if cwriter in pointers else "") + "GITS_CWRITER"
+    marks = {}
+    for ev in gic.log.errors:  # the latest error at each offset this ITS reported
+        if ev.source == its.source and ev.offset is not None:
+            was = f" (the command then: {ev.command})" if ev.command else ""
+            marks[ev.offset] = f"error {ev.code or 0:#08x} {ev.message.split(':')[0]}{was}"
+    for off, text in pointers.items():
+        marks[off] = text if off not in marks else f"{marks[off]}, {text}"
+    end = size if whole else max(cwriter, creadr & ~1 if creadr & 1 else 0)
+    if creadr & 1:
+        end = max(end, (creadr & ~1) + 32)
+    lines = [str(line) for line in decode_queue(data[:end], 0, its.typer, len(gic.cpus), marks)]
+    if end < size and end in pointers:
+        lines.append(f"{end:#07x}  <- {pointers[end]}")
+    return "\n".join(lines)
 
 
 def _decode(args: argparse.Namespace) -> int:
