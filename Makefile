@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all test demo lint typecheck unit bench fuzz guests deps sysdeps clean
+.PHONY: all test demo lint typecheck unit bench fuzz guests deps sysdeps clean third-party
 
 all: test
 
@@ -23,8 +23,8 @@ sysdeps:
 	@bash scripts/install-debian-deps.sh
 
 lint: deps
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench fuzz
+	$(VENV)/bin/ruff format --check src tests bench fuzz
 
 typecheck: deps
 	$(VENV)/bin/mypy
@@ -43,8 +43,21 @@ demo: guests
 	$(VENV)/bin/vgic run --smp 4 --timeout 120 guests/out/its_demo.elf
 	$(VENV)/bin/vgic demo
 
-bench: sysdeps deps
+# Third-party guests for tests/test_third_party.py (Debian's arm64 kernel, via apt-get
+# download into .cache/third-party/); the test skips when they are missing.
+third-party:
+	sh scripts/fetch-third-party.sh
+
+bench: sysdeps deps guests
 	$(PY) bench/run.py
+
+# A long fuzzing campaign (10 million operations by default) with a progress line:
+# atheris when it installs (the `fuzz` extra), the pure-Python mutator otherwise.
+# Violating inputs are kept in fuzz/crashes/ and tests/fuzz_regressions/.
+FUZZ_ARGS ?= --ops 10000000
+fuzz: deps
+	$(PY) -m pip install -q -e '.[fuzz]' || echo "atheris did not install: the Python mutator fuzzes instead"
+	$(PY) fuzz/run.py $(FUZZ_ARGS)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

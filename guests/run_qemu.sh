@@ -8,7 +8,7 @@ name=${1:?usage: run_qemu.sh NAME [SMP]}
 default_smp() {
 	case $1 in
 	its_demo | its_irq_smp | timer_irq) echo 4 ;;
-	its_mmu | its_mmu_64k) echo 2 ;;
+	its_mmu | its_mmu_64k | its_migrate) echo 2 ;;
 	*) echo 1 ;;
 	esac
 }

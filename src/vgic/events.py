@@ -31,6 +31,14 @@ class Kind(enum.Enum):
     DIAGNOSTIC = "diagnostic"  # a questionable or UNPREDICTABLE guest action
     STATE = "state"  # a state change worth tracing (ITS enabled, LPIs enabled, stall)
 
+    # Members are singletons: hash by identity. Enum's own __hash__ hashes the name in
+    # Python code, which every hot-path ``log.wants(kind)`` and counter update would pay.
+    __hash__ = object.__hash__
+
+
+# The kinds recorded once or more per interrupt delivered.
+HOT_KINDS = frozenset({Kind.TRANSLATION, Kind.LPI_PENDING, Kind.ACKNOWLEDGE, Kind.EOI, Kind.DEACTIVATE})
+
 
 @dataclass(slots=True)
 class Event:
@@ -87,6 +95,14 @@ class EventLog:
 
     def __post_init__(self) -> None:
         self.events = deque(maxlen=self.capacity)
+
+    @classmethod
+    def quiet(cls, capacity: int = 65536) -> EventLog:
+        """A log that stores errors, diagnostics and state changes but only counts the
+        per-interrupt kinds (translations, LPIs pending, acknowledges, EOIs): the fast
+        configuration, and one where MSI traffic cannot push errors out of the ring.
+        Listeners (a tracer) still see every event."""
+        return cls(capacity=capacity, keep=frozenset(Kind) - HOT_KINDS)
 
     def wants(self, kind: Kind) -> bool:
         """Cheap test for hot paths: is an event of this kind stored or listened for?"""

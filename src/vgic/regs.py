@@ -53,6 +53,28 @@ class Register:
 _Slot = tuple[Register, int, int]  # register, index in its array, byte offset within it
 
 
+_LAYOUTS: dict[tuple[Register, ...], dict[int, _Slot]] = {}
+
+
+def _layout(registers: tuple[Register, ...]) -> dict[int, _Slot]:
+    """Word offset -> slot, computed once per register list (a GICD has ~1,300 words):
+    it is immutable, so every bank of the same device type shares it."""
+    words = _LAYOUTS.get(registers)
+    if words is not None:
+        return words
+    words = {}
+    for r in registers:
+        for i in range(r.count):
+            base = r.offset + i * r.width
+            for w in range(0, r.width, 4):
+                if base + w in words:
+                    raise ValueError(f"register {r.name} overlaps at {base + w:#x}")
+                words[base + w] = (r, i, w)
+    if len(_LAYOUTS) < 64:
+        _LAYOUTS[registers] = words
+    return words
+
+
 class RegisterBank:
     """Dispatch MMIO accesses to a device's registers.
 
@@ -66,19 +88,13 @@ class RegisterBank:
         self.source = source
         self.registers = {r.name: r for r in registers}
         self.values: dict[str, list[int]] = {}
-        self._words: dict[int, _Slot] = {}
         self._readers: dict[str, Callable[[int], int] | None] = {}
         self._writers: dict[str, Callable[[int, int, int], None] | None] = {}
         for r in registers:
             self.values[r.name] = [r.reset] * r.count
             self._readers[r.name] = getattr(device, f"read_{r.name}", None)
             self._writers[r.name] = getattr(device, f"write_{r.name}", None)
-            for i in range(r.count):
-                base = r.offset + i * r.width
-                for w in range(0, r.width, 4):
-                    if base + w in self._words:
-                        raise ValueError(f"register {r.name} overlaps at {base + w:#x}")
-                    self._words[base + w] = (r, i, w)
+        self._words = _layout(tuple(registers))
 
     def reset(self) -> None:
         for r in self.registers.values():

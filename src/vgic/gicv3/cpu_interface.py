@@ -160,7 +160,9 @@ class CpuInterface:
         best = self._best(group)
         if best is None or best[0] & self._pri_mask >= self.pmr:
             return None
-        if self.group_priority(best[0], group) >= self.running_priority():
+        # With no active priority the running priority is idle (0xFF), which every group
+        # priority is below: only an active interrupt can block preemption.
+        if (self.ap[0] | self.ap[1]) and self.group_priority(best[0], group) >= self.running_priority():
             return None
         return best
 

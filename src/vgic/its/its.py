@@ -17,7 +17,14 @@ way round):
 1. ``Its.lock``: ITS registers, command queue, table caches (one per ITS).
 2. ``Redistributor.lock``: one CPU's LPI state and CPU interface. A command that touches
    two redistributors (MOVI, MOVALL) holds at most one at a time, or both in ascending
-   processor-number order (:meth:`Redistributor.move_pending_to`).
+   processor-number order (:meth:`Redistributor.move_pending_to`). A CPU interface never
+   takes another CPU's lock while holding its own: ICC_SGI*R_EL1 writes raise the SGIs
+   after releasing it (two CPUs signalling each other would otherwise deadlock).
+3. ``Distributor.lock``: the SPIs; taken last (a CPU interface asking for its best SPI),
+   and the distributor calls into CPU interfaces only after releasing it.
+
+Nothing holding a redistributor or distributor lock ever takes an ``Its.lock``, and no
+ITS holds two ``Its.lock``s: ITSes share only the redistributors.
 
 Event-log listeners run with these locks held and must not call back into the GIC.
 """
@@ -57,6 +64,9 @@ from vgic.regs import RegisterBank
 from vgic.regs import field as bits
 
 TABLE_ENTRY_SIZE = 8  # device and collection table entries (GITS_BASER<n>.Entry_Size + 1)
+# Host bound on cached table entries (DTEs + ITEs + CTEs) per ITS: past it the caches are
+# dropped and refilled from guest memory, so host memory never grows with guest tables.
+CACHE_LIMIT = 1 << 16
 
 
 class ErrorPolicy(enum.Enum):
@@ -204,6 +214,7 @@ class Its:
                 )
             for icid, rd_index in state["collections"]:
                 self._collections[int(icid)] = self.redistributors[int(rd_index)]
+            self._index_restored_caches()
             self._unsynced = {int(i) for i in state.get("unsynced", [])}
 
     # == views for tools (vgic inspect, diagnostics) ===================================
@@ -224,13 +235,86 @@ class Its:
         return None if dev is None else dev.entry
 
     def _invalidate_caches(self) -> None:
-        self._devices: dict[int, _Device] = {}
-        self._collections: dict[int, Redistributor] = {}
+        self._drop_cached_entries()
         self._dt: TableGeometry | None = None
         self._ct: TableGeometry | None = None
         if self._enabled:
             self._dt = self._geometry(BASER_TYPE_DEVICE)
             self._ct = self._geometry(BASER_TYPE_COLLECTION)
+
+    # -- the cache's address index ------------------------------------------------------
+    # Every cached entry is indexed by its guest address, so a table write by the ITS drops
+    # any *other* cached entry it overlaps. Guest tables may overlap each other (two
+    # devices sharing an ITT, an ITT over the device table): that is UNPREDICTABLE (5.2),
+    # but the ITS must then answer from memory, never from a stale host copy.
+    def _drop_cached_entries(self) -> None:
+        self._devices: dict[int, _Device] = {}
+        self._collections: dict[int, Redistributor] = {}
+        self._cached_at: dict[int, tuple[int, int, int]] = {}  # address -> (0 DTE|1 ITE|2 CTE, ID, EventID)
+
+    def _remember(self, address: int, key: tuple[int, int, int]) -> None:
+        """Index a cache entry. At most one cached entry per address: an alias is dropped."""
+        if len(self._cached_at) >= CACHE_LIMIT:
+            self._drop_cached_entries()  # bounded host memory; the caller re-adds its entry
+        old = self._cached_at.get(address)
+        if old is not None and old != key:
+            self._drop_key(old)
+        self._cached_at[address] = key
+
+    def _drop_key(self, key: tuple[int, int, int]) -> None:
+        kind, ident, event_id = key
+        if kind == 0:
+            self._devices.pop(ident, None)
+        elif kind == 1:
+            dev = self._devices.get(ident)
+            if dev is not None:
+                dev.events.pop(event_id, None)
+        else:
+            self._collections.pop(ident, None)
+
+    def _forget(self, address: int, size: int) -> None:
+        """Drop every cached entry overlapping guest bytes [address, address + size)."""
+        for geo in (self._dt, self._ct):
+            if geo is not None and geo.indirect and address < geo.base + geo.bytes and geo.base < address + size:
+                self._drop_cached_entries()  # a level-1 entry changed: every walk may differ
+                return
+        span = max(self.typer.itt_entry_size, TABLE_ENTRY_SIZE)
+        cached_at = self._cached_at
+        for start in range(address - span + 1, address + size):
+            key = cached_at.pop(start, None)
+            if key is not None:
+                self._drop_key(key)
+
+    def _write_entry(self, address: int, size: int, raw: int) -> None:
+        """Write one table entry (``raw`` then zeros up to ``size`` bytes), all or nothing:
+        an entry not wholly in RAM faults before any byte is written (5.2)."""
+        if not self.memory.contains(address, size):
+            raise MemoryFault(address, size, True)
+        self._forget(address, size)
+        self.memory.write64(address, raw)
+        if size > 8:
+            self.memory.fill(address + 8, size - 8)
+
+    def _index_restored_caches(self) -> None:
+        """Index cache entries restored by :meth:`load_state`; one that cannot be located
+        in the current tables is dropped (it is only a cache)."""
+        devices, collections = self._devices, self._collections
+        self._cached_at = {}
+        for dev_id, dev in list(devices.items()):
+            try:
+                self._remember(self._dte_address(dev_id), (0, dev_id, 0))
+                for ev in list(dev.events):
+                    self._remember(self._ite_address(dev, ev), (1, dev_id, ev))
+            except (_Miss, MemoryFault):
+                devices.pop(dev_id, None)
+        for icid in list(collections):
+            try:
+                addr = self._cte_address(icid)
+            except _Miss:
+                addr = None
+                collections.pop(icid, None)
+            if addr is not None:
+                self._remember(addr, (2, icid, 0))
 
     # == registers (12.19) ============================================================
     def read(self, offset: int, size: int) -> int:
@@ -305,16 +389,25 @@ class Its:
         return v
 
     def write_CBASER(self, index: int, value: int, mask: int) -> None:
-        """Writes while enabled are UNPREDICTABLE: ignored. A write resets CREADR (12.19.3)."""
+        """Writes while enabled are UNPREDICTABLE: ignored. A write resets CREADR (12.19.3).
+
+        CWRITER is not specified after a CBASER write; vgic sets it to CREADR (0), an empty
+        queue, as KVM does. So a CWRITER written before CBASER (a restore in the wrong
+        order) can never make the ITS re-run commands it has already executed: only a
+        CWRITER written after the last CBASER write names commands to run."""
         if self._enabled:
             self._diag("GITS_CBASER written while the ITS is enabled: ignored", "IHI0069 12.19.3")
             return
         v = (self.regs.get("CBASER") & ~mask) | (value & mask)
         v &= 0xB8EF_FFFF_FFFF_FCFF  # Valid, InnerCache, OuterCache, PA[51:12], Shareability, Size
         self.regs.set("CBASER", sanitise_attributes(v, 59, 10, 53))
+        if self._cwriter != 0:
+            self._diag(f"GITS_CBASER written with CWRITER={self._cwriter:#x}: the queue is reset to empty "
+                       "(CREADR = CWRITER = 0); write CWRITER after CBASER", "IHI0069 12.19.3")  # fmt: skip
         self._creadr = 0
+        self._cwriter = 0
         self._stalled = False
-        self._queue_invalid = self._cwriter >= self._queue_bytes()
+        self._queue_invalid = False
 
     def _queue_bytes(self) -> int:
         return (bits(self.regs.get("CBASER"), 7, 0) + 1) * 4096
@@ -444,7 +537,7 @@ class Its:
 
     # -- table walks (each may raise _Miss or MemoryFault) ----------------------------
     def _dte_address(self, device_id: int) -> int:
-        if device_id >= 1 << self.typer.devbits:
+        if not 0 <= device_id < 1 << self.typer.devbits:  # a bus may hand over any int
             raise _Miss("device_oor", f"DeviceID {device_id:#x} needs more than Devbits={self.typer.devbits}")
         if self._dt is None:
             raise _Miss("device_oor", "no valid device table")
@@ -454,29 +547,39 @@ class Its:
             raise _Miss("device_oor", f"DeviceID {device_id:#x} is outside the device table: {e}") from None
 
     def _load_device(self, device_id: int) -> _Device:
-        entry = DeviceEntry.decode(self.memory.read64(self._dte_address(device_id)))
+        addr = self._dte_address(device_id)
+        entry = DeviceEntry.decode(self.memory.read64(addr))
         if entry is None:
             raise _Miss("unmapped_device", f"DeviceID {device_id:#x} is not mapped (no MAPD V=1)")
         dev = _Device(entry, {})
+        self._remember(addr, (0, device_id, 0))
         self._devices[device_id] = dev
         return dev
 
     def _ite_address(self, dev: _Device, event_id: int) -> int:
-        return dev.entry.itt_addr + event_id * self.typer.itt_entry_size
+        """Address of an ITE that lies wholly in RAM (else MemoryFault, before any access):
+        an ITT straddling the end of RAM never yields a half-read or half-written entry."""
+        size = self.typer.itt_entry_size
+        addr = dev.entry.itt_addr + event_id * size
+        if not self.memory.contains(addr, size):
+            raise MemoryFault(addr, size, False)
+        return addr
 
     def _load_event(self, dev: _Device, device_id: int, event_id: int) -> InterruptEntry:
-        if event_id >= dev.entry.events:
+        if not 0 <= event_id < dev.entry.events:  # negative: never an entry below the ITT
             raise _Miss("id_oor", f"EventID {event_id} is beyond the {dev.entry.events} events MAPD gave "
                                   f"DeviceID {device_id:#x}")  # fmt: skip
-        ite = InterruptEntry.decode(self.memory.read64(self._ite_address(dev, event_id)))
+        addr = self._ite_address(dev, event_id)
+        ite = InterruptEntry.decode(self.memory.read64(addr))
         if ite is None:
             raise _Miss("unmapped_interrupt", f"EventID {event_id} of DeviceID {device_id:#x} is not mapped")
+        self._remember(addr, (1, device_id, event_id))
         dev.events[event_id] = ite
         return ite
 
     def _cte_address(self, icid: int) -> int | None:
         """Address of the CTE of ``icid``, or None for a collection held in the ITS (HCC)."""
-        if icid >= self.typer.collections:
+        if not 0 <= icid < self.typer.collections:
             raise _Miss("collection_oor", f"ICID {icid} needs more than {self.typer.collections} collections")
         if icid < self.typer.hcc:
             return None
@@ -493,6 +596,8 @@ class Its:
         rd = None if rdbase is None else self._redistributor(rdbase)
         if rd is None:
             raise _Miss("unmapped_collection", f"collection {icid} is not mapped (no MAPC V=1)")
+        if addr is not None:
+            self._remember(addr, (2, icid, 0))
         self._collections[icid] = rd
         return rd
 
@@ -586,14 +691,13 @@ class Its:
         dev, ite = self._mapped_event(cmd)
         return dev, ite, self._mapped_collection(ite.icid, _EVENT_ERRORS[type(cmd)].unmapped_collection)
 
-    def _write_ite(self, dev: _Device, event_id: int, ite: InterruptEntry | None) -> None:
+    def _write_ite(self, dev: _Device, device_id: int, event_id: int, ite: InterruptEntry | None) -> None:
         addr = self._ite_address(dev, event_id)
-        self.memory.write64(addr, 0 if ite is None else ite.encode())
-        if self.typer.itt_entry_size > 8:
-            self.memory.fill(addr + 8, self.typer.itt_entry_size - 8)
+        self._write_entry(addr, self.typer.itt_entry_size, 0 if ite is None else ite.encode())
         if ite is None:
             dev.events.pop(event_id, None)
-        else:
+        elif self._devices.get(device_id) is dev:
+            self._remember(addr, (1, device_id, event_id))
             dev.events[event_id] = ite
 
     def _check_pintid(self, pintid: int, oor: ItsError) -> None:
@@ -611,10 +715,11 @@ class Its:
                                f"{self.typer.idbits}")  # fmt: skip
         if cmd.valid:
             entry = DeviceEntry(cmd.itt_addr, cmd.size)
-            self.memory.write64(addr, entry.encode())
+            self._write_entry(addr, TABLE_ENTRY_SIZE, entry.encode())
+            self._remember(addr, (0, cmd.device_id, 0))
             self._devices[cmd.device_id] = _Device(entry, {})
         else:
-            self.memory.write64(addr, 0)
+            self._write_entry(addr, TABLE_ENTRY_SIZE, 0)
             self._devices.pop(cmd.device_id, None)
 
     def MAPC(self, cmd: C.Mapc) -> None:
@@ -630,8 +735,10 @@ class Its:
             else:
                 self._hcc_collections.pop(cmd.icid, None)
         else:
-            self.memory.write64(addr, encode_collection(cmd.rdbase) if cmd.valid else 0)
+            self._write_entry(addr, TABLE_ENTRY_SIZE, encode_collection(cmd.rdbase) if cmd.valid else 0)
         if rd is not None and cmd.valid:
+            if addr is not None:
+                self._remember(addr, (2, cmd.icid, 0))
             self._collections[cmd.icid] = rd
             self._unsynced.add(rd.index)
         else:
@@ -665,7 +772,7 @@ class Its:
         if old is not None:
             self._diag(f"{cmd.name} of DeviceID {cmd.device_id:#x} EventID {cmd.event_id}, already mapped to "
                        f"LPI {old.pintid}: UNPREDICTABLE, mapping replaced", "IHI0069 6.3.10")  # fmt: skip
-        self._write_ite(dev, cmd.event_id, InterruptEntry(pintid, cmd.icid))
+        self._write_ite(dev, cmd.device_id, cmd.event_id, InterruptEntry(pintid, cmd.icid))
         self._mark_unsynced(cmd.icid)
 
     def MAPI(self, cmd: C.Mapi) -> None:
@@ -681,9 +788,10 @@ class Its:
         dev, ite = self._mapped_event(cmd)
         old_rd = self._mapped_collection(ite.icid, ItsError.MOVI_UNMAPPED_COLLECTION)
         new_rd = self._mapped_collection(cmd.icid, ItsError.MOVI_UNMAPPED_COLLECTION)
+        self._ite_address(dev, cmd.event_id)  # the ITE write below cannot fault after the move
         if old_rd is not new_rd:
             old_rd.move_pending_to(new_rd, [ite.pintid])
-        self._write_ite(dev, cmd.event_id, InterruptEntry(ite.pintid, cmd.icid))
+        self._write_ite(dev, cmd.device_id, cmd.event_id, InterruptEntry(ite.pintid, cmd.icid))
         self._unsynced.add(new_rd.index)
 
     def MOVALL(self, cmd: C.Movall) -> None:
@@ -697,10 +805,11 @@ class Its:
             rd1.move_pending_to(rd2)
 
     def DISCARD(self, cmd: C.Discard) -> None:
-        """Remove an event's mapping and its LPI's pending state (6.3.3)."""
+        """Remove an event's mapping and its LPI's pending state (6.3.3). The ITE is
+        written first: a fault leaves both the mapping and the pending state as they were."""
         dev, ite, rd = self._target(cmd)
+        self._write_ite(dev, cmd.device_id, cmd.event_id, None)
         rd.clear_lpi_pending(ite.pintid)
-        self._write_ite(dev, cmd.event_id, None)
 
     def INV(self, cmd: C.Inv) -> None:
         """Reload the configuration of an event's LPI (6.3.6)."""

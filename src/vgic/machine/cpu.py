@@ -27,7 +27,6 @@ from unicorn import (  # type: ignore[attr-defined]  # unicorn's stubs lag its A
     UC_ARCH_ARM64,
     UC_CTL_IO_WRITE,
     UC_CTL_TLB_FLUSH,
-    UC_HOOK_BLOCK,
     UC_HOOK_INSN,
     UC_HOOK_INTR,
     UC_HOOK_MEM_FETCH_UNMAPPED,
@@ -72,10 +71,14 @@ HVC_MASK, HVC_BITS, SMC_BITS = 0xFFE0001F, 0xD4000002, 0xD4000003
 EC_UNKNOWN, EC_SVC, EC_HVC, EC_SMC = 0x00, 0x15, 0x16, 0x17
 EC_IABT_LOW, EC_IABT_CUR, EC_DABT_LOW, EC_DABT_CUR, EC_BRK = 0x20, 0x21, 0x24, 0x25, 0x3C
 
+# Fault status codes (ESR_ELx.ISS DFSC/IFSC), OR-ed with the level where it applies
+FSC_TRANSLATION, FSC_ACCESS_FLAG, FSC_PERMISSION, FSC_EXTERNAL, FSC_EXTERNAL_WALK = 0x04, 0x08, 0x0C, 0x10, 0x14
+
 # Unicorn's interrupt numbers (QEMU's EXCP_*)
 EXCP_UDEF, EXCP_SWI, EXCP_PREFETCH_ABORT, EXCP_DATA_ABORT, EXCP_BKPT, EXCP_HVC, EXCP_SMC = 1, 2, 3, 4, 7, 11, 13
 
 VECTOR_SYNC, VECTOR_IRQ, VECTOR_FIQ = 0x000, 0x080, 0x100
+WAKE_STEPS = 64  # instructions stepped after a masked WFI wakes, looking for the unmask
 NEVER = 0xFFFF_FFFF_FFFF_FFFC  # an "until" address no guest reaches (0 would stop a PC of 0)
 
 
@@ -144,8 +147,9 @@ class Cpu:
         self._fault: tuple[int, int] | None = None  # (address, access) of the last bad access
         self._walk_level = -1  # level of the last table walk's last descriptor
         self._walk_desc = 0  # its final descriptor
+        self.fault_status = 0  # FSC of the last failed translation
+        self._fault_status = FSC_EXTERNAL  # FSC of the access that faulted (for the abort)
         self.tlb_stale = False  # another CPU broadcast a TLBI: flush before running again
-        self._unmask_hook: int | None = None  # block hook armed while an interrupt waits behind DAIF
         uc = self.uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
         uc.ctl_set_cpu_model(A.UC_CPU_ARM64_A57)
         uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)  # type: ignore[attr-defined]
@@ -245,10 +249,12 @@ class Cpu:
         """Run up to ``budget`` instructions, then take what happened (IRQ, exception, WFI)."""
         if self.state is CpuState.OFF:
             return
+        woke = False
         if self.state is CpuState.WFI:
             if not (self.gicc.irq_level or self.gicc.fiq_level):
                 return
             self.state = CpuState.RUNNING
+            woke = True
         if self.tlb_stale:
             self.flush_tlb()
         if self._replay:
@@ -258,17 +264,22 @@ class Cpu:
             if self.state is not CpuState.RUNNING or self.machine.pause_requested:
                 return
         self._take_interrupt_if_unmasked()
-        # With an interrupt waiting behind PSTATE.I, run in short slices and watch block
-        # boundaries: ``msr daifclr`` raises no hook but ends its translation block, so a
-        # block hook sees the unmask at once even when the guest masks again a few
-        # instructions later (Linux's idle loop: WFI masked, unmask, mask).
+        # With an interrupt waiting behind PSTATE.I, run in short slices so an unmask
+        # (msr daifclr, which raises no hook) is seen quickly. A CPU woken from a WFI it
+        # entered with interrupts masked (Linux's idle loop: mask, WFI, unmask for a few
+        # instructions, mask again) is stepped one instruction at a time until the unmask,
+        # which a slice boundary would almost never hit.
         if self.gicc.irq_level or self.gicc.fiq_level:
             budget = min(budget, 256)
-            if self._unmask_hook is None:
-                self._unmask_hook = self.uc.hook_add(UC_HOOK_BLOCK, self._on_block)
-        elif self._unmask_hook is not None:
-            self.uc.hook_del(self._unmask_hook)
-            self._unmask_hook = None
+            if woke and self._interrupt_masked():
+                for _ in range(WAKE_STEPS):
+                    self._emulate(1)
+                    self._after_stop()
+                    if self.state is not CpuState.RUNNING or self._replay or self.machine.pause_requested:
+                        return
+                    if not self._interrupt_masked():
+                        self._take_interrupt_if_unmasked()
+                        break
         self._emulate(budget)
         self._after_stop()
 
@@ -311,10 +322,10 @@ class Cpu:
         if level:
             self._irq_rose = True
 
-    def _on_block(self, uc: Uc, address: int, size: int, _: object) -> None:
-        pstate = int(uc.reg_read(A.UC_ARM64_REG_PSTATE))
-        if (self.gicc.irq_level and not pstate & PSTATE_I) or (self.gicc.fiq_level and not pstate & PSTATE_F):
-            uc.emu_stop()
+    def _interrupt_masked(self) -> bool:
+        """No pending interrupt can be taken now (PSTATE.I/F mask every one that is)."""
+        pstate = self.reg(A.UC_ARM64_REG_PSTATE)
+        return not ((self.gicc.irq_level and not pstate & PSTATE_I) or (self.gicc.fiq_level and not pstate & PSTATE_F))
 
     def _take_interrupt_if_unmasked(self) -> None:
         if not (self.gicc.irq_level or self.gicc.fiq_level):
@@ -422,7 +433,7 @@ class Cpu:
         access = UC_MEM_WRITE if cp.op2 & 1 else UC_MEM_READ
         pa = self.translate(vaddr, access)
         if pa is None:
-            par = 1 | (0x4 | max(self._walk_level, 0)) << 1 | 1 << 11  # translation fault, level
+            par = 1 | self.fault_status << 1 | 1 << 11  # F, FST, RES1
         else:
             desc = self._walk_desc
             attr = self.cp_reg(MAIR_EL1) >> (8 * (desc >> 2 & 7)) & 0xFF if self.cp_reg(SCTLR_EL1) & 1 else 0x44
@@ -438,6 +449,7 @@ class Cpu:
 
     def _on_unmapped(self, uc: Uc, access: int, address: int, size: int, value: int, _: object) -> bool:
         self._fault = (address, access)
+        self._fault_status = FSC_EXTERNAL  # no RAM or device at that physical address
         return False
 
     def _exception(self, intno: int) -> None:
@@ -483,15 +495,16 @@ class Cpu:
 
     def _abort(self) -> None:
         address, access = self._fault or (0, 0)
+        fsc, self._fault_status = self._fault_status, FSC_EXTERNAL
         self._fault = None
         pstate = self.reg(A.UC_ARM64_REG_PSTATE)
         low = (pstate >> 2 & 3) == 0
         if access in (UC_MEM_FETCH, UC_MEM_FETCH_UNMAPPED):
             ec = EC_IABT_LOW if low else EC_IABT_CUR
-            iss = 0x10  # synchronous external abort, not on a translation table walk
+            iss = fsc
         else:
             ec = EC_DABT_LOW if low else EC_DABT_CUR
-            iss = 0x10 | (1 << 6 if access in (UC_MEM_WRITE, UC_MEM_WRITE_UNMAPPED) else 0)
+            iss = fsc | (1 << 6 if access in (UC_MEM_WRITE, UC_MEM_WRITE_UNMAPPED) else 0)
         self.machine.note_abort(self, address, access)
         self.take_exception(VECTOR_SYNC, self.pc, esr=ec << 26 | 1 << 25 | iss, far=address)
 
@@ -532,11 +545,18 @@ class Cpu:
         pa = self.translate(vaddr, access, entry)
         if pa is None:
             self._fault = (vaddr, access)
+            self._fault_status = self.fault_status
             return False
         return True
 
     def translate(self, vaddr: int, access: int, entry: Any = None) -> int | None:
-        """Guest virtual to physical under SCTLR_EL1/TCR_EL1/TTBRn_EL1, or None on a fault."""
+        """Guest virtual to physical under SCTLR_EL1/TCR_EL1/TTBRn_EL1, or None on a fault.
+
+        On a fault, ``self.fault_status`` holds the DFSC/IFSC the abort reports (Arm ARM
+        D17.2.40): translation fault (0b0001LL), access flag fault (0b0010LL) or
+        permission fault (0b0011LL) at level LL, so an OS can demand-page, copy on write
+        and age pages; permissions follow AP[2:1], UXN and PXN for the current EL.
+        """
         vaddr &= 0xFFFF_FFFF_FFFF_FFFF
         sctlr = self.cp_reg(SCTLR_EL1)
         self._walk_level, self._walk_desc = -1, 0
@@ -544,6 +564,7 @@ class Cpu:
             if entry is not None:
                 entry.paddr, entry.perms = vaddr, UC_PROT_ALL
             return vaddr
+        self.fault_status = FSC_TRANSLATION  # level 0 until the walk gets further
         tcr = self.cp_reg(TCR_EL1)
         upper = vaddr >> 63
         if upper:
@@ -561,14 +582,15 @@ class Cpu:
         table = ttbr & 0x0000_FFFF_FFFF_FFFE
         mem = self.machine.memory
         level = 4 - levels
-        writable = executable = True
         while True:
             shift = tg + stride * (3 - level)
             index = (vaddr >> shift) & ((1 << (stride if level > 4 - levels else ia - shift)) - 1)
             self._walk_level = level
+            self.fault_status = FSC_TRANSLATION | max(level, 0)
             try:
                 desc = mem.read64(table + index * 8)
             except Exception:
+                self.fault_status = FSC_EXTERNAL_WALK | max(level, 0)
                 return None
             if not desc & 1:
                 return None
@@ -578,16 +600,27 @@ class Cpu:
                 continue
             if level == 3 and not desc & 2:
                 return None  # reserved encoding at level 3
-            out = desc & 0x0000_FFFF_FFFF_F000 & ~((1 << shift) - 1)
-            pa = out | (vaddr & ((1 << shift) - 1))
-            self._walk_desc = desc
-            writable = not desc >> 7 & 1
-            el0 = (self.reg(A.UC_ARM64_REG_PSTATE) >> 2 & 3) == 0
-            executable = not (desc >> 54 & 1 if el0 else desc >> 53 & 1)
             break
+        if not desc >> 10 & 1:
+            self.fault_status = FSC_ACCESS_FLAG | level
+            return None
+        out = desc & 0x0000_FFFF_FFFF_F000 & ~((1 << shift) - 1)
+        pa = out | (vaddr & ((1 << shift) - 1))
+        self._walk_desc = desc
+        el0 = (self.reg(A.UC_ARM64_REG_PSTATE) >> 2 & 3) == 0
+        ap1, read_only = desc >> 6 & 1, desc >> 7 & 1
+        if el0:
+            readable, writable = bool(ap1), bool(ap1) and not read_only
+            executable = not desc >> 54 & 1
+        else:
+            readable, writable = True, not read_only
+            executable = not desc >> 53 & 1 and not (ap1 and not read_only)  # EL0-writable: PXN implied
+        perms = (1 if readable else 0) | (2 if writable else 0) | (4 if executable else 0)
         if entry is not None:
             entry.paddr = pa
-            entry.perms = 1 | (2 if writable else 0) | (4 if executable else 0)
-        if access == UC_MEM_WRITE and not writable:
+            entry.perms = perms
+        wanted = {UC_MEM_WRITE: 2, UC_MEM_FETCH: 4}.get(access, 1)
+        if not perms & wanted:
+            self.fault_status = FSC_PERMISSION | level
             return None
         return pa

@@ -2,18 +2,23 @@
 
 * ELF: PT_LOAD segments at their physical addresses; entry at e_entry.
 * arm64 Image (magic "ARM\\x64" at 0x38): at RAM base + text_offset, entry there.
+* A gzip-compressed image (Debian's arm64 ``vmlinuz``): decompressed first, as QEMU's
+  ``load_aarch64_image`` does, then loaded as an arm64 Image or flat binary.
 * Anything else: a flat binary at RAM base + 0x80000.
 """
 
 from __future__ import annotations
 
 import struct
+import zlib
 from dataclasses import dataclass
 
 from vgic.memory import GuestMemory, MemoryFault
 
 FLAT_OFFSET = 0x80000
 ARM64_MAGIC = b"ARM\x64"
+GZIP_MAGIC = b"\x1f\x8b"
+GUNZIP_LIMIT = 256 << 20  # QEMU's LOAD_IMAGE_MAX_GUNZIP_BYTES
 
 
 class ImageError(Exception):
@@ -33,6 +38,8 @@ def load_image(mem: GuestMemory, data: bytes, ram_base: int) -> Loaded:
         raise ImageError("the image is empty")
     if data[:4] == b"\x7fELF":
         return _load_elf(mem, data)
+    if data[:2] == GZIP_MAGIC:
+        data = _gunzip(data)
     if len(data) >= 0x40 and data[0x38:0x3C] == ARM64_MAGIC:
         text_offset = struct.unpack_from("<Q", data, 8)[0]
         image_size = struct.unpack_from("<Q", data, 16)[0]
@@ -40,6 +47,21 @@ def load_image(mem: GuestMemory, data: bytes, ram_base: int) -> Loaded:
             text_offset = FLAT_OFFSET
         return _place(mem, data, ram_base + text_offset, "arm64 Image")
     return _place(mem, data, ram_base + FLAT_OFFSET, "flat binary")
+
+
+def _gunzip(data: bytes) -> bytes:
+    d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        out = d.decompress(data, GUNZIP_LIMIT)
+    except zlib.error as e:
+        raise ImageError(f"the gzip-compressed image is corrupt: {e}") from None
+    if d.unconsumed_tail:
+        raise ImageError(f"the gzip-compressed image is larger than {GUNZIP_LIMIT >> 20} MiB uncompressed")
+    if not d.eof:
+        raise ImageError("the gzip-compressed image is truncated")
+    if not out:
+        raise ImageError("the gzip-compressed image is empty")
+    return out
 
 
 def _place(mem: GuestMemory, data: bytes, addr: int, kind: str) -> Loaded:

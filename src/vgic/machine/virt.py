@@ -104,7 +104,7 @@ class VirtMachine:
                 raise ImageError(f"firmware of {len(bios)} bytes is larger than the 64 MiB flash")
             self.memory.add_ram(FLASH_BASE, 2 * FLASH_SIZE)
             self.memory.write_bytes(FLASH_BASE, bios)
-        self.log = log or EventLog()
+        self.log = log or EventLog.quiet()
         self.gic = Gic(self.memory, GicConfig(num_cpus=cfg.smp, its=(cfg.its,)), self.log)
         self._out = output or _stdout
         self.uart = Pl011(self.log, self._tx, lambda level: self.gic.set_spi(32 + fdt.PL011_SPI, level))
