@@ -35,7 +35,7 @@ unit: deps
 guests: sysdeps deps
 	$(MAKE) -C guests PYTHON=$(abspath $(PY))
 
-test: sysdeps deps lint typecheck guests unit
+test: sysdeps deps lint typecheck guests third-party unit
 
 # The demo: the its_demo guest (driver bring-up, MSIs through GITS_TRANSLATER and INT,
 # IRQ delivery on 4 CPUs) on vgic's virt machine, then the model-level narrated demo.
@@ -46,7 +46,7 @@ demo: guests
 # Third-party guests for tests/test_third_party.py (Debian's arm64 kernel, via apt-get
 # download into .cache/third-party/); the test skips when they are missing.
 third-party:
-	sh scripts/fetch-third-party.sh
+	-sh scripts/fetch-third-party.sh || echo "note: third-party kernel not fetched; its test will skip"
 
 bench: sysdeps deps guests
 	$(PY) bench/run.py

@@ -77,6 +77,10 @@ class RedistributorConfig:
     lpis_disableable: bool = True  # EnableLPIs may be cleared once set (else it sticks at 1)
 
 
+def _text(why: str | Callable[[], str]) -> str:
+    return why if isinstance(why, str) else why()
+
+
 def _priority(config: int) -> int:
     return config & 0xFC
 
@@ -309,23 +313,26 @@ class Redistributor:
         self._enable_lpis = False
 
     # -- LPI pending state -----------------------------------------------------------
-    def set_lpi_pending(self, intid: int, why: str = "") -> bool:
-        """Make an LPI pending. Returns False when the architecture says it is ignored."""
+    def set_lpi_pending(self, intid: int, why: str | Callable[[], str] = "") -> bool:
+        """Make an LPI pending. Returns False when the architecture says it is ignored.
+
+        ``why`` says where it came from, for the log; a callable is only called when a
+        record is made (the MSI hot path need not format it)."""
         with self.lock:
             if not self._enable_lpis:
-                self.log.record(Kind.LPI_DROPPED, self.source, f"LPI {intid} ignored: EnableLPIs=0 {why}",
+                self.log.record(Kind.LPI_DROPPED, self.source, f"LPI {intid} ignored: EnableLPIs=0 {_text(why)}",
                                 intid=intid, cpu=self.index, rule="IHI0069 5.1")  # fmt: skip
                 return False
             if not LPI_BASE <= intid < self._lpi_limit:
                 self.log.record(Kind.LPI_DROPPED, self.source,
-                                f"LPI {intid} ignored: outside the range GICR_PROPBASER.IDbits allows {why}",
+                                f"LPI {intid} ignored: outside the range GICR_PROPBASER.IDbits allows {_text(why)}",
                                 intid=intid, cpu=self.index, rule="IHI0069 5.1.1")  # fmt: skip
                 return False
             if intid in self._pending:
                 return True
             self._make_pending(intid)
             if self.log.wants(Kind.LPI_PENDING):
-                self.log.record(Kind.LPI_PENDING, self.source, f"LPI {intid} pending {why}".rstrip(),
+                self.log.record(Kind.LPI_PENDING, self.source, f"LPI {intid} pending {_text(why)}".rstrip(),
                                 intid=intid, cpu=self.index)  # fmt: skip
             self.on_change()
             return True

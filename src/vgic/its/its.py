@@ -528,7 +528,7 @@ class Its:
             self._diag(f"MSI DeviceID={device_id:#x} EventID={event_id} reaches CPU {rd.index} after mapping "
                        f"commands with no SYNC for its redistributor since: delivery is not guaranteed to see "
                        f"them", "IHI0069 6.3.13")  # fmt: skip
-        return rd.set_lpi_pending(ite.pintid, f"(MSI {device_id:#x}/{event_id})")
+        return rd.set_lpi_pending(ite.pintid, lambda: f"(MSI {device_id:#x}/{event_id})")
 
     def _fault(self, device_id: int, event_id: int, why: str) -> None:
         self.log.record(Kind.TRANSLATION_FAULT, self.source,
