@@ -40,7 +40,7 @@ test: sysdeps deps lint typecheck guests third-party unit
 # The demo: the its_demo guest (driver bring-up, MSIs through GITS_TRANSLATER and INT,
 # IRQ delivery on 4 CPUs) on vgic's virt machine, then the model-level narrated demo.
 demo: guests
-	$(VENV)/bin/vgic run --smp 4 --timeout 120 guests/out/its_demo.elf
+	$(VENV)/bin/vgic run --smp 4 --timeout 120 --report guests/out/its_demo.elf
 	$(VENV)/bin/vgic demo
 
 # Third-party guests for tests/test_third_party.py (Debian's arm64 kernel, via apt-get

@@ -173,7 +173,7 @@ def test_run_report_and_trace_on_a_guest(tmp_path: Path) -> None:
         pytest.skip("guests not built")
     trace = tmp_path / "t.json"
     rep = tmp_path / "report.txt"
-    r = _vgic("run", "--timeout", "60", "--trace", str(trace), "--report", str(rep), str(guest))
+    r = _vgic("run", "--timeout", "60", "--trace", str(trace), "--report-to", str(rep), str(guest))
     assert r.returncode == 0, r.stderr
     text = rep.read_text()
     assert "ITS command errors:" in text and "error 0x010801" in text  # MAPD DeviceID out of range
@@ -202,7 +202,7 @@ def test_every_tool_on_every_corpus_guest(name: str, tmp_path: Path) -> None:
     if not guest.exists():
         pytest.skip("guests not built")
     trace, rep = tmp_path / "t.json", tmp_path / "r.txt"
-    r = _vgic("run", "--smp", str(CORPUS[name]), "--timeout", "60", "--trace", str(trace), "--report", str(rep),
+    r = _vgic("run", "--smp", str(CORPUS[name]), "--timeout", "60", "--trace", str(trace), "--report-to", str(rep),
               "--inspect", str(guest))  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.rstrip().endswith(b"PASS")

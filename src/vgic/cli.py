@@ -129,12 +129,12 @@ def _run(args: argparse.Namespace) -> int:
             print(f"vgic:   last exception: {machine.last_exception}", file=sys.stderr)
         for ev in machine.log.errors[-5:]:
             print(f"vgic:   ITS error: {ev}", file=sys.stderr)
-    if args.report:
+    if args.report or args.report_to:
         text = report_mod.report(machine.log, machine.gic)
-        if args.report == "-":
-            print(text, file=sys.stderr)
+        if args.report_to:
+            Path(args.report_to).write_text(text + "\n")
         else:
-            Path(args.report).write_text(text + "\n")
+            print(text, file=sys.stderr)
     if args.decode:
         for n in range(len(machine.gic.its)):
             print(f"== ITS {n} command queue", file=sys.stderr)
@@ -269,8 +269,12 @@ def main(argv: list[str] | None = None) -> int:
                      help="at PAUSE, snapshot, tear the machine down, restore into a new one and go on")  # fmt: skip
     run.add_argument("--trace", metavar="FILE",
                      help="write a trace: Chrome/Perfetto JSON if FILE ends in .json, else plain text")  # fmt: skip
-    run.add_argument("--report", nargs="?", const="-", metavar="FILE",
-                     help="at exit, the report of ITS errors and questionable guest actions (stderr or FILE)")  # fmt: skip
+    run.add_argument(
+        "--report",
+        action="store_true",
+        help="at exit, print the report of ITS errors and questionable guest actions (stderr)",
+    )
+    run.add_argument("--report-to", metavar="FILE", help="write that report to FILE instead")  # fmt: skip
     run.add_argument("--inspect", action="store_true", help="at exit, print the ITS tables and LPI state")
     run.add_argument("--decode", action="store_true", help="at exit, disassemble the ITS command queues")
 
