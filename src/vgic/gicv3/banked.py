@@ -14,6 +14,20 @@ the set bits (a few per CPU), never by walking every INTID.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+# The set/clear register pairs over a bank's bitmaps (IHI 0069 12.9, 12.10), by name
+# without the register number: register -> (bitmap, operation).
+BITMAP_REGISTERS: dict[str, tuple[str, str | None]] = {
+    "IGROUPR": ("group", None),
+    "ISENABLER": ("enabled", "set"),
+    "ICENABLER": ("enabled", "clear"),
+    "ISPENDR": ("pending", "set"),
+    "ICPENDR": ("pending", "clear"),
+    "ISACTIVER": ("active", "set"),
+    "ICACTIVER": ("active", "clear"),
+}
+
 
 def _bits(mask: int) -> list[int]:
     out = []
@@ -145,3 +159,30 @@ class InterruptBank:
 
 def _attr(which: str) -> str:
     return "latched" if which == "pending" else which
+
+
+def install_bitmap_registers(owner: object, bank: InterruptBank, suffix: str = "",
+                             word: int | None = None, after: Callable[[], None] = lambda: None) -> None:  # fmt: skip
+    """Give ``owner`` the ``read_<REG><suffix>`` / ``write_<REG><suffix>`` handlers of every
+    register of :data:`BITMAP_REGISTERS` over ``bank`` (for a RegisterBank to find).
+
+    ``word`` fixes the bitmap word (the redistributor's ...R0 registers); otherwise the
+    register's array index is the word. ``after`` runs after each write."""
+    for name, (which, op) in BITMAP_REGISTERS.items():
+
+        def read(index: int, which: str = which) -> int:
+            return bank.word(which, index if word is None else word)
+
+        def write(index: int, value: int, mask: int, which: str = which, op: str | None = op) -> None:
+            n = index if word is None else word
+            value &= mask
+            if op == "set":
+                bank.set_bits(which, n, value)
+            elif op == "clear":
+                bank.clear_bits(which, n, value)
+            else:
+                bank.write_word(which, n, value)
+            after()
+
+        setattr(owner, f"read_{name}{suffix}", read)
+        setattr(owner, f"write_{name}{suffix}", write)

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 
 from vgic.events import EventLog
-from vgic.gicv3.banked import InterruptBank
+from vgic.gicv3.banked import InterruptBank, install_bitmap_registers
 from vgic.regs import Access, Register, RegisterBank
 
 GICD_FRAME_SIZE = 0x10000
@@ -58,17 +58,6 @@ GICD_REGISTERS: list[Register] = [
 ]
 
 
-_BITMAPS = {
-    "IGROUPR": ("group", None),
-    "ISENABLER": ("enabled", "set"),
-    "ICENABLER": ("enabled", "clear"),
-    "ISPENDR": ("pending", "set"),
-    "ICPENDR": ("pending", "clear"),
-    "ISACTIVER": ("active", "set"),
-    "ICACTIVER": ("active", "clear"),
-}
-
-
 class Distributor:
     """GICD: control, identification and the SPIs (INTIDs 32 .. 32 + num_spis - 1)."""
 
@@ -84,9 +73,7 @@ class Distributor:
         self.route_masks: list[int] = []  # per CPU: bitmap of SPIs routed there
         self.affinity_to_cpu: dict[int, int] = {}
         self.on_change: Callable[[], None] = lambda: None  # set by the GIC: update CPU interfaces
-        for name, (which, op) in _BITMAPS.items():
-            setattr(self, f"read_{name}", self._reader(which))
-            setattr(self, f"write_{name}", self._writer(which, op))
+        install_bitmap_registers(self, self.spis)
         self.regs = RegisterBank(self, GICD_REGISTERS, log, "gicd")
 
     def attach_cpus(self, affinities: list[int]) -> None:
@@ -132,21 +119,6 @@ class Distributor:
 
     def group_enabled(self, group: int) -> bool:
         return bool(self.regs.get("CTLR") & (CTLR_ENABLE_GRP1 if group else CTLR_ENABLE_GRP0))
-
-    def _reader(self, which: str) -> Callable[[int], int]:
-        return lambda index: self.spis.word(which, index)
-
-    def _writer(self, which: str, op: str | None) -> Callable[[int, int, int], None]:
-        def write(index: int, value: int, mask: int) -> None:
-            value &= mask
-            if op == "set":
-                self.spis.set_bits(which, index, value)
-            elif op == "clear":
-                self.spis.clear_bits(which, index, value)
-            else:
-                self.spis.write_word(which, index, value)
-
-        return write
 
     def read_IPRIORITYR(self, index: int) -> int:
         if index < 8:

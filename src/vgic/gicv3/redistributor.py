@@ -467,15 +467,6 @@ class Redistributor:
 # == SGI_base frame: SGIs and PPIs of this CPU (12.10 registers as banked in 12.11) ======
 
 SGI_FRAME_OFFSET = 0x10000
-_BITMAP_REGS = {
-    "IGROUPR0": ("group", None),
-    "ISENABLER0": ("enabled", "set"),
-    "ICENABLER0": ("enabled", "clear"),
-    "ISPENDR0": ("pending", "set"),
-    "ICPENDR0": ("pending", "clear"),
-    "ISACTIVER0": ("active", "set"),
-    "ICACTIVER0": ("active", "clear"),
-}
 GICR_SGI_REGISTERS: list[Register] = [
     Register("IGROUPR0", 0x0080, 4),
     Register("ISENABLER0", 0x0100, 4),
@@ -496,15 +487,13 @@ class SgiFrame:
     """The SGI_base frame and the SGI/PPI state of one CPU; an InterruptSource."""
 
     def __init__(self, rd: Redistributor, group_enabled: Callable[[int], bool]) -> None:
-        from vgic.gicv3.banked import InterruptBank
+        from vgic.gicv3.banked import InterruptBank, install_bitmap_registers
 
         self.rd = rd
         self.bank = InterruptBank(0, 32)
         self.bank.edge = SGI_EDGE
         self.group_enabled = group_enabled  # GICD_CTLR.EnableGrp<n>
-        for name, (which, op) in _BITMAP_REGS.items():
-            setattr(self, f"read_{name}", self._reader(which))
-            setattr(self, f"write_{name}", self._writer(which, op))
+        install_bitmap_registers(self, self.bank, suffix="0", word=0, after=lambda: self.rd.on_change())
         self.regs = RegisterBank(self, GICR_SGI_REGISTERS, rd.log, rd.source)
 
     def save_state(self) -> dict[str, object]:
@@ -513,22 +502,6 @@ class SgiFrame:
     def load_state(self, state: dict[str, object]) -> None:
         self.regs.load_state(state["regs"])  # type: ignore[arg-type]
         self.bank.load_state(state["bank"])  # type: ignore[arg-type]
-
-    def _reader(self, which: str) -> Callable[[int], int]:
-        return lambda index: self.bank.word(which, 0)
-
-    def _writer(self, which: str, op: str | None) -> Callable[[int, int, int], None]:
-        def write(index: int, value: int, mask: int) -> None:
-            value &= mask
-            if op == "set":
-                self.bank.set_bits(which, 0, value)
-            elif op == "clear":
-                self.bank.clear_bits(which, 0, value)
-            else:
-                self.bank.write_word(which, 0, value)
-            self.rd.on_change()
-
-        return write
 
     def read_IPRIORITYR(self, index: int) -> int:
         return int.from_bytes(self.bank.priority[4 * index : 4 * index + 4], "little")

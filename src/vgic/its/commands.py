@@ -75,10 +75,9 @@ class Movi(Command):
 
 
 @dataclass(frozen=True, slots=True)
-class Int(Command):
-    """INT: make the LPI of (DeviceID, EventID) pending (6.3.5)."""
+class _EventCommand(Command):
+    """A command naming one event: DeviceID in DW0[63:32], EventID in DW1[31:0]."""
 
-    opcode: ClassVar[int] = Opcode.INT
     device_id: int
     event_id: int
 
@@ -87,15 +86,17 @@ class Int(Command):
 
 
 @dataclass(frozen=True, slots=True)
-class Clear(Command):
+class Int(_EventCommand):
+    """INT: make the LPI of (DeviceID, EventID) pending (6.3.5)."""
+
+    opcode: ClassVar[int] = Opcode.INT
+
+
+@dataclass(frozen=True, slots=True)
+class Clear(_EventCommand):
     """CLEAR: remove the pending state of the LPI of (DeviceID, EventID) (6.3.1)."""
 
     opcode: ClassVar[int] = Opcode.CLEAR
-    device_id: int
-    event_id: int
-
-    def words(self) -> tuple[int, int, int, int]:
-        return (self.opcode | self.device_id << 32, self.event_id, 0, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,15 +166,10 @@ class Mapi(Command):
 
 
 @dataclass(frozen=True, slots=True)
-class Inv(Command):
+class Inv(_EventCommand):
     """INV: reload the configuration of the LPI of (DeviceID, EventID) (6.3.6)."""
 
     opcode: ClassVar[int] = Opcode.INV
-    device_id: int
-    event_id: int
-
-    def words(self) -> tuple[int, int, int, int]:
-        return (self.opcode | self.device_id << 32, self.event_id, 0, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,15 +196,10 @@ class Movall(Command):
 
 
 @dataclass(frozen=True, slots=True)
-class Discard(Command):
+class Discard(_EventCommand):
     """DISCARD: remove the mapping of (DeviceID, EventID) and its pending state (6.3.3)."""
 
     opcode: ClassVar[int] = Opcode.DISCARD
-    device_id: int
-    event_id: int
-
-    def words(self) -> tuple[int, int, int, int]:
-        return (self.opcode | self.device_id << 32, self.event_id, 0, 0)
 
 
 @dataclass(frozen=True, slots=True)
