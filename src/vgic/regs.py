@@ -22,7 +22,6 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from vgic.events import EventLog, Kind
 
@@ -227,6 +226,3 @@ def deposit(value: int, hi: int, lo: int, new: int) -> int:
     """``value`` with bits ``[hi:lo]`` replaced by ``new``."""
     mask = ((1 << (hi - lo + 1)) - 1) << lo
     return (value & ~mask) | ((new << lo) & mask)
-
-
-Handlers = dict[str, Any]

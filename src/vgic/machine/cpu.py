@@ -58,6 +58,7 @@ PSTATE_F = 1 << 6
 PSTATE_DAIF = 0xF << 6
 EL1H = 0b0101
 MPIDR_EL1 = (3, 0, 0, 0, 5)
+MMU_REGS = {(3, 0, 1, 0, 0), (3, 0, 2, 0, 0), (3, 0, 2, 0, 1), (3, 0, 2, 0, 2)}  # SCTLR, TTBR0/1, TCR (EL1)
 SCTLR_EL1 = (1, 0, 3, 0, 0)  # (CRn, CRm, op0, op1, op2) as Unicorn's CP_REG takes it
 TCR_EL1 = (2, 0, 3, 0, 2)
 SPSR_EL1 = (4, 0, 3, 0, 0)
@@ -146,6 +147,7 @@ class Cpu:
         self._event: tuple[str, Any] | None = None
         self._fault: tuple[int, int] | None = None  # (address, access) of the last bad access
         self._walk_level = -1  # level of the last table walk's last descriptor
+        self._mmu: tuple[int, int, int, int] | None = None  # SCTLR, TCR, TTBR0, TTBR1 (EL1)
         self._walk_desc = 0  # its final descriptor
         self.fault_status = 0  # FSC of the last failed translation
         self._fault_status = FSC_EXTERNAL  # FSC of the access that faulted (for the abort)
@@ -193,6 +195,15 @@ class Cpu:
 
     def set_cp_reg(self, enc: tuple[int, int, int, int, int], value: int) -> None:
         self.uc.reg_write(A.UC_ARM64_REG_CP_REG, (*enc, value))
+        self._mmu = None
+
+    def _mmu_regs(self) -> tuple[int, int, int, int]:
+        """SCTLR_EL1, TCR_EL1, TTBR0_EL1, TTBR1_EL1, read once and kept until an MSR to
+        one of them (``_on_msr``) or a write from here: every TLB fill walks with them."""
+        if self._mmu is None:
+            self._mmu = (self.cp_reg(SCTLR_EL1), self.cp_reg(TCR_EL1), self.reg(A.UC_ARM64_REG_TTBR0_EL1),
+                         self.reg(A.UC_ARM64_REG_TTBR1_EL1))  # fmt: skip
+        return self._mmu
 
     # == save/restore ====================================================================
     def save_state(self) -> dict[str, object]:
@@ -202,15 +213,11 @@ class Cpu:
         return {
             "regs": regs,
             "pc": self.pc,
-            "state": self.state_name,
+            "state": self.state.value,
             "timer": self.timer.save_state(),
             "replay": [list(x) for x in self._replay],
             "instructions": self.instructions,
         }
-
-    @property
-    def state_name(self) -> str:
-        return self.state.value
 
     def load_state(self, state: dict[str, Any]) -> None:
         regs = state["regs"]
@@ -226,6 +233,7 @@ class Cpu:
         self.timer.load_state(state["timer"])
         self._replay = [(int(a), int(v)) for a, v in state["replay"]]
         self.instructions = int(state["instructions"])
+        self._mmu = None
 
     @property
     def busy(self) -> bool:
@@ -396,8 +404,11 @@ class Cpu:
         return 1
 
     def _on_msr(self, reg: int, cp: Any) -> int:
-        handler = self._msr.get((cp.op0, cp.op1, cp.crn, cp.crm, cp.op2))
+        enc = (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)
+        handler = self._msr.get(enc)
         if handler is None:
+            if enc in MMU_REGS:
+                self._mmu = None  # Unicorn writes it after this hook returns
             return 0
         handler(cp.val)
         regs = self.regs
@@ -558,21 +569,20 @@ class Cpu:
         and age pages; permissions follow AP[2:1], UXN and PXN for the current EL.
         """
         vaddr &= 0xFFFF_FFFF_FFFF_FFFF
-        sctlr = self.cp_reg(SCTLR_EL1)
+        sctlr, tcr, ttbr0, ttbr1 = self._mmu_regs()
         self._walk_level, self._walk_desc = -1, 0
         if not sctlr & 1:
             if entry is not None:
                 entry.paddr, entry.perms = vaddr, UC_PROT_ALL
             return vaddr
         self.fault_status = FSC_TRANSLATION  # level 0 until the walk gets further
-        tcr = self.cp_reg(TCR_EL1)
         upper = vaddr >> 63
         if upper:
             tsz, epd, tg = tcr >> 16 & 0x3F, tcr >> 23 & 1, {1: 14, 2: 12, 3: 16}.get(tcr >> 30 & 3, 12)
-            ttbr = self.reg(A.UC_ARM64_REG_TTBR1_EL1)
+            ttbr = ttbr1
         else:
             tsz, epd, tg = tcr & 0x3F, tcr >> 7 & 1, {0: 12, 1: 16, 2: 14}.get(tcr >> 14 & 3, 12)
-            ttbr = self.reg(A.UC_ARM64_REG_TTBR0_EL1)
+            ttbr = ttbr0
         ia = 64 - tsz
         top = vaddr >> ia
         if epd or top != ((1 << tsz) - 1 if upper else 0):
@@ -607,6 +617,10 @@ class Cpu:
         out = desc & 0x0000_FFFF_FFFF_F000 & ~((1 << shift) - 1)
         pa = out | (vaddr & ((1 << shift) - 1))
         self._walk_desc = desc
+        return self._permit(pa, desc, level, access, entry)
+
+    def _permit(self, pa: int, desc: int, level: int, access: int, entry: Any) -> int | None:
+        """Apply a final descriptor's permissions for the current EL (AP[2:1], UXN, PXN)."""
         el0 = (self.reg(A.UC_ARM64_REG_PSTATE) >> 2 & 3) == 0
         ap1, read_only = desc >> 6 & 1, desc >> 7 & 1
         if el0:
