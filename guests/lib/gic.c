@@ -203,3 +203,25 @@ u32 expect_ack(u32 want, const char *fmt, ...)
 		fail_count++;
 	return got;
 }
+
+void gic_lpi_bringup(int ncpu, u32 idbits)
+{
+	gic_dist_init();
+	if (gic_cpu_init(0))
+		fail("no redistributor for cpu0");
+	gic_lpi_tables_alloc(idbits);
+	for (int c = 0; c < ncpu; c++)
+		gic_lpi_pend_alloc(c);
+	gic_lpi_enable(0);
+}
+
+void secondary_idle(int cpu)
+{
+	if (gic_cpu_init(cpu) == 0) {
+		gic_lpi_enable(cpu);
+		irq_enable();
+	}
+	smp_ready(cpu);
+	for (;;)
+		wfi();
+}

@@ -138,6 +138,11 @@ void gic_lpi_tables_alloc(u32 idbits); /* property table (shared); call once on 
 void gic_lpi_pend_alloc(int cpu);       /* pending table for one CPU (zeroed) */
 void gic_lpi_enable(int cpu);           /* PROPBASER, PENDBASER, EnableLPIs */
 void lpi_config(u32 intid, u8 prio, int enable); /* writes the property byte */
+/* the usual bring-up on CPU0: distributor, CPU0's redistributor, the LPI tables for
+ * idbits INTID bits, a pending table for each of ncpu CPUs, LPIs on for CPU0 */
+void gic_lpi_bringup(int ncpu, u32 idbits);
+/* a secondary that only takes interrupts: redistributor, LPIs and IRQs on, ready, WFI */
+void secondary_idle(int cpu) __attribute__((noreturn));
 static inline u32 gic_ack(void) { return (u32)icc_read(ICC_IAR1_EL1) & 0xffffff; }
 static inline void gic_eoi(u32 intid) { icc_write(ICC_EOIR1_EL1, intid); isb(); }
 u32 gic_poll_ack(u32 loops);     /* poll IAR1 until not spurious or timeout (1023) */

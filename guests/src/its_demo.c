@@ -16,14 +16,7 @@ static int nmsi;
 
 void secondary_main(u64 ctx)
 {
-	int cpu = (int)ctx;
-	if (gic_cpu_init(cpu) == 0) {
-		gic_lpi_enable(cpu);
-		irq_enable();
-	}
-	smp_ready(cpu);
-	for (;;)
-		wfi();
+	secondary_idle((int)ctx);
 }
 
 static void send(struct msi *m)
@@ -41,13 +34,7 @@ int main(void)
 {
 	printf("its_demo: GICv3 ITS bring-up and MSIs on %d CPUs\n", NCPU);
 	printf("[impl] DTB at 0x%lx\n", boot_dtb);
-	gic_dist_init();
-	if (gic_cpu_init(0))
-		fail("no redistributor for cpu0");
-	gic_lpi_tables_alloc(14);
-	for (int c = 0; c < NCPU; c++)
-		gic_lpi_pend_alloc(c);
-	gic_lpi_enable(0);
+	gic_lpi_bringup(NCPU, 14);
 	printf("[impl] GICD_TYPER 0x%x GICR_TYPER(cpu0) 0x%lx\n", r32(GICD_BASE + GICD_TYPER), gic_cpus[0].typer);
 
 	int r = its_init(0, 0x1000);

@@ -8,14 +8,7 @@
 
 void secondary_main(u64 ctx)
 {
-	int cpu = (int)ctx;
-	if (gic_cpu_init(cpu) == 0) {
-		gic_lpi_enable(cpu);
-		irq_enable();
-	}
-	smp_ready(cpu);
-	for (;;)
-		wfi();
+	secondary_idle((int)ctx);
 }
 
 static void settle(void)
@@ -68,13 +61,7 @@ static u32 total_new(void)
 int main(void)
 {
 	printf("its_irq_smp: IRQ delivery on %d CPUs, MOVI and MOVALL of pending LPIs\n", NCPU);
-	gic_dist_init();
-	if (gic_cpu_init(0))
-		fail("no redistributor for cpu0");
-	gic_lpi_tables_alloc(14);
-	for (int c = 0; c < NCPU; c++)
-		gic_lpi_pend_alloc(c);
-	gic_lpi_enable(0);
+	gic_lpi_bringup(NCPU, 14);
 	if (its_init(0, 0x1000))
 		fail("ITS init");
 	int up = smp_start(NCPU);

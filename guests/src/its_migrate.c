@@ -31,13 +31,7 @@ void secondary_main(u64 ctx)
 int main(void)
 {
 	printf("its_migrate: pending LPIs and a stalled queue across a pause for input\n");
-	gic_dist_init();
-	if (gic_cpu_init(0))
-		fail("no redistributor for cpu0");
-	gic_lpi_tables_alloc(14);
-	for (int c = 0; c < NCPU; c++)
-		gic_lpi_pend_alloc(c);
-	gic_lpi_enable(0);
+	gic_lpi_bringup(NCPU, 14);
 	if (its_init(0, 0x1000))
 		fail("ITS init");
 	if (smp_start(NCPU) != NCPU)

@@ -11,15 +11,8 @@
 
 void secondary_main(u64 ctx)
 {
-	int cpu = (int)ctx;
 	mmu_enable_secondary();
-	if (gic_cpu_init(cpu) == 0) {
-		gic_lpi_enable(cpu);
-		irq_enable();
-	}
-	smp_ready(cpu);
-	for (;;)
-		wfi();
+	secondary_idle((int)ctx);
 }
 
 int main(void)
@@ -44,13 +37,7 @@ int main(void)
 	check(!(par & 1) && (par & 0xfffffffff000UL) == GITS_BASE, "AT S1E1R of the ITS: identity");
 	check(((par >> 56) & 0xff) == 0x00, "ITS attributes Device-nGnRnE (PAR_EL1.ATTR 0x00)");
 
-	gic_dist_init();
-	if (gic_cpu_init(0))
-		fail("no redistributor for cpu0");
-	gic_lpi_tables_alloc(14);
-	for (int c = 0; c < NCPU; c++)
-		gic_lpi_pend_alloc(c);
-	gic_lpi_enable(0);
+	gic_lpi_bringup(NCPU, 14);
 	if (its_init(0, GRANULE))
 		fail("ITS init");
 	printf("[impl] device table BASER 0x%lx (page %u)\n", its.dev.baser, its.dev.page);

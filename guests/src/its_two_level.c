@@ -9,12 +9,7 @@ static const u32 devs[] = {0x0000, 0x0001, 0x01ff, 0x0200, 0x1234, 0x8000, 0xfff
 int main(void)
 {
 	printf("its_two_level: two-level device table, DeviceIDs across 16 bits\n");
-	gic_dist_init();
-	if (gic_cpu_init(0))
-		fail("no redistributor for cpu0");
-	gic_lpi_tables_alloc(14);
-	gic_lpi_pend_alloc(0);
-	gic_lpi_enable(0);
+	gic_lpi_bringup(1, 14);
 	int r = its_init(1, 0x1000);
 	if (r)
 		fail("ITS init %d", r);
