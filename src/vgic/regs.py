@@ -217,6 +217,20 @@ class RegisterBank:
         return 0
 
 
+# The identification registers of the GIC's blocks (IHI 0069 12.1.4): PIDR4..7,
+# PIDR0..3, CIDR0..3, one byte each, in the last 48 bytes of a 64 KB frame.
+GIC_ID_NAMES = ("PIDR4", "PIDR5", "PIDR6", "PIDR7", "PIDR0", "PIDR1", "PIDR2", "PIDR3",
+                "CIDR0", "CIDR1", "CIDR2", "CIDR3")  # fmt: skip
+
+
+def id_registers(values: tuple[int, ...], base: int = 0xFFD0, names: tuple[str, ...] = GIC_ID_NAMES) -> list[Register]:
+    """Read-only 32-bit identification registers ``names`` at ``base``, ``base + 4``, ..."""
+    return [
+        Register(n, base + 4 * i, 4, reset=v, access=Access.RO)
+        for i, (n, v) in enumerate(zip(names, values, strict=True))
+    ]
+
+
 def field(value: int, hi: int, lo: int) -> int:
     """Bits ``[hi:lo]`` of ``value``."""
     return (value >> lo) & ((1 << (hi - lo + 1)) - 1)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from vgic.events import EventLog
 from vgic.gicv3.banked import InterruptBank, install_bitmap_registers
-from vgic.regs import Access, Register, RegisterBank
+from vgic.regs import Access, Register, RegisterBank, id_registers
 
 GICD_FRAME_SIZE = 0x10000
 
@@ -31,8 +31,6 @@ TYPER_NO1N = 1 << 25  # no 1-of-N SPI routing: GICD_IROUTER<n>.IRM is RAZ/WI
 
 GICD_IIDR_VALUE = 0x5600043B
 _ID = (0x44, 0x00, 0x00, 0x00, 0x92, 0xB4, 0x3B, 0x00, 0x0D, 0xF0, 0x05, 0xB1)
-_ID_NAMES = ("PIDR4", "PIDR5", "PIDR6", "PIDR7", "PIDR0", "PIDR1", "PIDR2", "PIDR3",
-             "CIDR0", "CIDR1", "CIDR2", "CIDR3")  # fmt: skip
 
 GICD_REGISTERS: list[Register] = [
     Register("CTLR", 0x0000, 4, reset=CTLR_ARE | CTLR_DS),
@@ -51,10 +49,7 @@ GICD_REGISTERS: list[Register] = [
     Register("ICFGR", 0x0C00, 4, count=64),
     Register("IGRPMODR", 0x0D00, 4, count=32, access=Access.RAZ_WI),
     Register("IROUTER", 0x6000, 8, count=1020),
-    *(
-        Register(name, 0xFFD0 + 4 * i, 4, reset=val, access=Access.RO)
-        for i, (name, val) in enumerate(zip(_ID_NAMES, _ID, strict=True))
-    ),
+    *id_registers(_ID),
 ]
 
 

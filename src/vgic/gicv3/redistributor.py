@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from vgic.events import EventLog, Kind
 from vgic.memory import GuestMemory, MemoryFault
-from vgic.regs import Access, Register, RegisterBank, field
+from vgic.regs import Access, Register, RegisterBank, field, id_registers
 
 LPI_BASE = 8192
 RD_FRAME_SIZE = 0x20000  # RD_base frame + SGI_base frame (GICv3)
@@ -45,8 +45,6 @@ WAKER_CHILDREN_ASLEEP = 1 << 2
 
 GICR_IIDR_VALUE = 0x5600043B
 RD_ID_REGISTERS = (0x44, 0x00, 0x00, 0x00, 0x93, 0xB4, 0x3B, 0x00, 0x0D, 0xF0, 0x05, 0xB1)
-_ID_NAMES = ("PIDR4", "PIDR5", "PIDR6", "PIDR7", "PIDR0", "PIDR1", "PIDR2", "PIDR3",
-             "CIDR0", "CIDR1", "CIDR2", "CIDR3")  # fmt: skip
 
 GICR_RD_REGISTERS: list[Register] = [
     Register("CTLR", 0x0000, 4),
@@ -61,10 +59,7 @@ GICR_RD_REGISTERS: list[Register] = [
     Register("INVLPIR", 0x00A0, 8, access=Access.WO),
     Register("INVALLR", 0x00B0, 8, access=Access.WO),
     Register("SYNCR", 0x00C0, 4, access=Access.RO),
-    *(
-        Register(name, 0xFFD0 + 4 * i, 4, reset=val, access=Access.RO)
-        for i, (name, val) in enumerate(zip(_ID_NAMES, RD_ID_REGISTERS, strict=True))
-    ),
+    *id_registers(RD_ID_REGISTERS),
 ]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vgic.regs import Access, Register, field
+from vgic.regs import Access, Register, field, id_registers
 
 ITS_FRAME_SIZE = 0x20000  # GICv3: control frame + translation frame
 
@@ -26,8 +26,6 @@ CACHE_NCNB, CACHE_NC, CACHE_RAWB, CACHE_RAWAWB = 0, 1, 3, 7
 
 # GITS_PIDR4..7, PIDR0..3, CIDR0..3 at 0xFFD0..0xFFFC. PIDR2[7:4] = ArchRev 3 (GICv3).
 ID_REGISTERS = (0x44, 0x00, 0x00, 0x00, 0x94, 0xB4, 0x3B, 0x00, 0x0D, 0xF0, 0x05, 0xB1)
-ID_NAMES = ("PIDR4", "PIDR5", "PIDR6", "PIDR7", "PIDR0", "PIDR1", "PIDR2", "PIDR3",
-            "CIDR0", "CIDR1", "CIDR2", "CIDR3")  # fmt: skip
 
 GITS_IIDR_VALUE = 0x5600043B  # ProductID 'V'(0x56), Implementer 0x43B; IMPLEMENTATION DEFINED
 
@@ -43,10 +41,7 @@ GITS_REGISTERS: list[Register] = [
     Register("CWRITER", 0x0088, 8),
     Register("CREADR", 0x0090, 8, access=Access.RO),
     Register("BASER", 0x0100, 8, count=8),
-    *(
-        Register(name, 0xFFD0 + 4 * i, 4, reset=val, access=Access.RO)
-        for i, (name, val) in enumerate(zip(ID_NAMES, ID_REGISTERS, strict=True))
-    ),
+    *id_registers(ID_REGISTERS),
     Register("TRANSLATER", 0x10040, 4, access=Access.WO, byte_access=True),
 ]
 

@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Callable
 
 from vgic.events import EventLog
-from vgic.regs import Access, Register, RegisterBank
+from vgic.regs import Access, Register, RegisterBank, id_registers
 
 PL011_SIZE = 0x1000
 
@@ -39,10 +39,8 @@ PL011_REGISTERS: list[Register] = [
     Register("MIS", 0x040, 4, access=Access.RO),
     Register("ICR", 0x044, 4, access=Access.WO),
     Register("DMACR", 0x048, 4),
-    *(
-        Register(f"ID{i}", 0xFE0 + 4 * i, 4, reset=v, access=Access.RO)
-        for i, v in enumerate((0x11, 0x10, 0x14, 0x00, 0x0D, 0xF0, 0x05, 0xB1))
-    ),
+    # PeriphID0..3, PCellID0..3
+    *id_registers((0x11, 0x10, 0x14, 0x00, 0x0D, 0xF0, 0x05, 0xB1), 0xFE0, tuple(f"ID{i}" for i in range(8))),
 ]
 
 
