@@ -143,6 +143,15 @@ void gic_send_sgi1(u32 intid, u32 aff1, u16 targetlist)
 	isb();
 }
 
+void irq_log_print(int cpu)
+{
+	struct irq_log *l = &irq_logs[cpu];
+	printf("cpu%d:", cpu);
+	for (u32 k = 0; k < l->n && k < LOG_MAX; k++)
+		printf(" %u", l->ids[k]);
+	printf("\n");
+}
+
 void irq_log_record(int cpu, u32 intid)
 {
 	struct irq_log *l = &irq_logs[cpu];

@@ -159,6 +159,7 @@ struct irq_log {
 };
 extern struct irq_log irq_logs[MAX_CPUS];
 void irq_log_record(int cpu, u32 intid);
+void irq_log_print(int cpu);         /* "cpuN: id id ...", one line */
 int irq_log_wait(int cpu, u32 count, u32 loops);
 
 /* ---- its.c ---- */

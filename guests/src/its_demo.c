@@ -92,10 +92,7 @@ int main(void)
 	expect[2][nexp[2]++] = LPI_BASE;
 	for (int c = 0; c < NCPU; c++) {
 		struct irq_log *l = &irq_logs[c];
-		printf("cpu%d:", c);
-		for (u32 k = 0; k < l->n && k < LOG_MAX; k++)
-			printf(" %u", l->ids[k]);
-		printf("\n");
+		irq_log_print(c);
 		int same = l->n == nexp[c];
 		for (u32 k = 0; same && k < nexp[c]; k++)
 			same = l->ids[k] == expect[c][k];

@@ -73,13 +73,8 @@ int main(void)
 	irq_log_wait(1, 3, 20000000);
 	for (u32 k = 0; k < 2000000; k++)
 		cpu_relax();
-	for (int cpu = 0; cpu < NCPU; cpu++) {
-		struct irq_log *l = &irq_logs[cpu];
-		printf("cpu%d:", cpu);
-		for (u32 k = 0; k < l->n && k < LOG_MAX; k++)
-			printf(" %u", l->ids[k]);
-		printf("\n");
-	}
+	for (int cpu = 0; cpu < NCPU; cpu++)
+		irq_log_print(cpu);
 	check(irq_logs[0].n == 3 && irq_logs[0].ids[0] == LPI(4) && irq_logs[0].ids[1] == LPI(2) &&
 	      irq_logs[0].ids[2] == LPI(0), "cpu0 got LPIs %u %u %u once each, by priority", LPI(4), LPI(2), LPI(0));
 	check(irq_logs[1].n == 3 && irq_logs[1].ids[0] == LPI(5) && irq_logs[1].ids[1] == LPI(3) &&

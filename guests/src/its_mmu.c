@@ -75,10 +75,7 @@ int main(void)
 
 	dmb(sy);
 	for (int c = 0; c < NCPU; c++) {
-		printf("cpu%d:", c);
-		for (u32 k = 0; k < irq_logs[c].n && k < LOG_MAX; k++)
-			printf(" %u", irq_logs[c].ids[k]);
-		printf("\n");
+		irq_log_print(c);
 	}
 	check(irq_logs[0].n == 2 && irq_logs[0].ids[0] == 8192 && irq_logs[0].ids[1] == 8194, "cpu0 got 8192 8194");
 	check(irq_logs[1].n == 3 && irq_logs[1].ids[0] == 8193 && irq_logs[1].ids[1] == 8195 && irq_logs[1].ids[2] == 8193,

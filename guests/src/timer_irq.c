@@ -121,10 +121,7 @@ int main(void)
 	printf("-- report (INTIDs acknowledged, in order)\n");
 	for (int c = 0; c < NCPU; c++) {
 		struct irq_log *l = &irq_logs[c];
-		printf("cpu%d:", c);
-		for (u32 k = 0; k < l->n && k < LOG_MAX; k++)
-			printf(" %u", l->ids[k]);
-		printf("\n");
+		irq_log_print(c);
 		check(ticks[c] == TICKS && late_ok[c] == TICKS && istatus_ok[c] == TICKS,
 		      "cpu%d: %d timer interrupts, each with CNTVCT >= CVAL and ISTATUS set", c, TICKS);
 		u32 want[6] = {27, 27, 27, 5, 6, 0}, n = 5;
