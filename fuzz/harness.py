@@ -208,21 +208,31 @@ class Harness:
             return
         flags, sizes = b.u8(), b.u8()
         self.lpi_id_bits = 14 + sizes % 3
+        cidbits = (16, 4)[sizes >> 5 & 1]
+        # entry sizes: 8 or 12-byte ITEs, or GIC-600's compact 4-byte ITEs and 2-byte CTEs
+        compact = bool(sizes >> 7 & 1) and cidbits == 4 and not flags & 1
         typer = ItsTyper(
             devbits=(4, 8, 9, 12, 16, 20, 32, 9)[sizes >> 2 & 7],
             pta=bool(flags & 1),
             hcc=(0, 0, 2, 8)[flags >> 2 & 3],
-            itt_entry_size=(8, 12)[flags >> 4 & 1],
-            cidbits=(16, 4)[sizes >> 5 & 1],
+            itt_entry_size=4 if compact else (8, 12)[flags >> 4 & 1],
+            cidbits=cidbits,
         )
         policy = ErrorPolicy.CONTINUE if flags & 2 else ErrorPolicy.STALL
-        cfg = ItsConfig(typer=typer, error_policy=policy, indirect_collection_table=bool(sizes >> 6 & 1))
+        cfg = ItsConfig(
+            typer=typer,
+            error_policy=policy,
+            memory_fault_policy=policy,
+            indirect_collection_table=bool(sizes >> 6 & 1),
+            collection_entry_size=2 if compact else 8,
+        )
         two = bool(flags >> 5 & 1)
         self.two_its = two
         self.mem.actor = -1
         its = (cfg, ItsConfig(typer=ItsTyper(pta=not typer.pta))) if two else (cfg,)
         self.log = EventLog(capacity=256, keep=frozenset({Kind.COMMAND_ERROR}))
-        rd_config = RedistributorConfig(lpi_id_bits=self.lpi_id_bits, lpis_disableable=not flags >> 7 & 1)
+        rd_config = RedistributorConfig(lpi_id_bits=self.lpi_id_bits, lpis_disableable=not flags >> 7 & 1,
+                                        direct_lpi=True)  # fmt: skip
         bases = (VIRT_ITS_BASE, ITS2_BASE)[: len(its)]
         config = GicConfig(num_cpus=self.ncpus, its=its, its_bases=bases, redistributor=rd_config)
         self.gic = Gic(self.mem, config, log=self.log)
@@ -568,7 +578,9 @@ class Harness:
         self.mem.add_ram(RAM, 64 << 20)
         policy = ErrorPolicy.STALL if self.stall else ErrorPolicy.CONTINUE
         self.log = EventLog(capacity=256, keep=frozenset({Kind.COMMAND_ERROR}))
-        self.gic = Gic(self.mem, GicConfig(num_cpus=self.ncpus, its=(ItsConfig(error_policy=policy),)), log=self.log)
+        its = ItsConfig(error_policy=policy, memory_fault_policy=policy)
+        gic = GicConfig(num_cpus=self.ncpus, its=(its,), redistributor=RedistributorConfig(direct_lpi=True))
+        self.gic = Gic(self.mem, gic, log=self.log)
         self.drv = ItsDriver(self.gic, Allocator(RAM, 64 << 20))
         self.drv.setup_lpis(id_bits=16, priority=0xA0, enable=True)
         self.drv.setup_its(queue_pages=1, table_pages=1)

@@ -1,7 +1,7 @@
 """An independent table walker for the fuzzer: what an MSI *should* translate to.
 
-Written from the architecture (IHI 0069 5.2, 12.19.1) and vgic's documented 8-byte entry
-formats (docs/tables.md; the formats are IMPLEMENTATION DEFINED, only Entry_Size is
+Written from the architecture (IHI 0069 5.2, 12.19.1) and vgic's documented entry
+formats (docs/tables.md: 8-byte and larger entries, and the compact 4-byte ITE / 2-byte CTE; the formats are IMPLEMENTATION DEFINED, only Entry_Size is
 visible), sharing no code with ``vgic.its``. Given guest memory and what a guest can read
 back from GITS_BASER<n> / GITS_TYPER, it walks
 
@@ -57,6 +57,7 @@ class Typer:
     pta: bool
     hcc: int
     collections: int
+    icid_bits: int
 
     @staticmethod
     def parse(v: int) -> Typer:
@@ -69,6 +70,7 @@ class Typer:
             pta=bool(v >> 19 & 1),
             hcc=v >> 24 & 0xFF,
             collections=1 << cidbits,
+            icid_bits=cidbits,
         )
 
 
@@ -91,10 +93,11 @@ class Walker:
         self.its_read = its_read
 
     def _read64(self, w: Walk, addr: int, size: int = 8) -> int:
+        """The first min(size, 8) bytes of an entry of ``size`` bytes, little-endian."""
         w.touched.append((addr, size))
         if not self.mem.contains(addr, size):
             raise MemoryFault(addr, size, False)
-        return self.mem.read64(addr)
+        return int.from_bytes(self.mem.read_bytes(addr, min(size, 8)), "little")
 
     def tables(self) -> tuple[Typer, Geometry | None, Geometry | None]:
         typer = Typer.parse(self.its_read(0x8, 8))
@@ -139,6 +142,11 @@ class Walker:
             w.why = "event OOR"
             return None
         raw = self._read64(w, itt + event_id * typer.ite_size, typer.ite_size)
+        if typer.ite_size < 8:  # compact: V at the top, pINTID above the ICID bits
+            if not raw >> (8 * typer.ite_size - 1) & 1:
+                w.why = "unmapped event"
+                return None
+            return (raw >> typer.icid_bits) & ((1 << typer.idbits) - 1), raw & ((1 << typer.icid_bits) - 1)
         if not raw >> 63:
             w.why = "unmapped event"
             return None
@@ -152,11 +160,12 @@ class Walker:
         addr = self.entry_address(w, ct, icid - typer.hcc)
         if addr is None:
             return None
-        raw = self._read64(w, addr)
-        if not raw >> 63:
+        raw = self._read64(w, addr, ct.entry)
+        top = 63 if ct.entry >= 8 else 8 * ct.entry - 1
+        if not raw >> top & 1:
             w.why = "unmapped collection"
             return None
-        return raw & ((1 << 36) - 1)
+        return raw & ((1 << min(top, 36)) - 1)
 
     def translate(self, device_id: int, event_id: int) -> Walk:
         w = Walk()

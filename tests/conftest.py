@@ -19,6 +19,7 @@ import pytest
 from vgic.driver import Allocator, ItsDriver
 from vgic.events import Event, EventLog, Kind
 from vgic.gicv3.gic import Gic, GicConfig
+from vgic.gicv3.redistributor import RedistributorConfig
 from vgic.its import commands as C
 from vgic.its.its import ErrorPolicy, Its, ItsConfig
 from vgic.its.registers import ItsTyper
@@ -148,8 +149,17 @@ def build(
 ) -> Env:
     mem = GuestMemory()
     mem.add_ram(RAM_BASE, RAM_SIZE)
-    configs = its if isinstance(its, tuple) else (its or ItsConfig(),)
-    kwargs: dict[str, object] = {"num_cpus": num_cpus, "its": configs}
+    # An ITS that stalls on every error unless the test says otherwise: the queue freezes
+    # where the error happened, which is what these tests look at. The profiles' own
+    # defaults are tested in test_profiles.py.
+    configs = its if isinstance(its, tuple) else (its or its_config(),)
+    # DirectLPI on (QEMU's and KVM's redistributors have none): tests also drive LPIs
+    # through GICR_SETLPIR/CLRLPIR/INVLPIR.
+    kwargs: dict[str, object] = {
+        "num_cpus": num_cpus,
+        "its": configs,
+        "redistributor": RedistributorConfig(direct_lpi=True),
+    }
     if its_bases is not None:
         kwargs["its_bases"] = its_bases
     gic = Gic(mem, GicConfig(**kwargs))  # type: ignore[arg-type]
@@ -161,7 +171,12 @@ def build(
 
 
 def its_config(*, pta: bool = False, policy: ErrorPolicy = ErrorPolicy.STALL, **typer: object) -> ItsConfig:
-    return ItsConfig(typer=ItsTyper(pta=pta, **typer), error_policy=policy)  # type: ignore[arg-type]
+    """An ITS with ``policy`` for every error (command errors and memory faults alike)."""
+    return ItsConfig(
+        typer=ItsTyper(pta=pta, **typer),
+        error_policy=policy,  # type: ignore[arg-type]
+        memory_fault_policy=policy,
+    )
 
 
 @pytest.fixture
@@ -196,5 +211,13 @@ def ready(pta: bool) -> Env:
     return e
 
 
+def stalling(**fields: object) -> ItsConfig:
+    """An ItsConfig with ``fields``; one error policy (STALL unless ``error_policy`` is
+    given) for command errors and memory faults alike."""
+    policy = fields.setdefault("error_policy", ErrorPolicy.STALL)
+    fields.setdefault("memory_fault_policy", policy)
+    return ItsConfig(**fields)  # type: ignore[arg-type]
+
+
 def with_policy(config: ItsConfig, policy: ErrorPolicy) -> ItsConfig:
-    return replace(config, error_policy=policy)
+    return replace(config, error_policy=policy, memory_fault_policy=policy)

@@ -14,12 +14,12 @@ from __future__ import annotations
 import threading
 import time
 
-from conftest import GITS_CBASER, GITS_CTLR, GITS_CWRITER, LPI, RAM_BASE, RAM_SIZE, Env, build, its_config
+from conftest import GITS_CBASER, GITS_CTLR, GITS_CWRITER, LPI, RAM_BASE, RAM_SIZE, Env, build, its_config, stalling
 from vgic.driver import ItsDriver
 from vgic.events import Kind
 from vgic.its import commands as C
 from vgic.its.errors import ItsError as E
-from vgic.its.its import ErrorPolicy, ItsConfig
+from vgic.its.its import ErrorPolicy
 
 VALID = 1 << 63
 SECOND_ITS = 0x0830_0000
@@ -107,7 +107,7 @@ def test_one_gic_blocked_in_its_lock_does_not_stop_the_other() -> None:
 
 
 def two_its_gic() -> tuple[Env, ItsDriver, ItsDriver]:
-    cfgs = (its_config(policy=ErrorPolicy.STALL), ItsConfig(error_policy=ErrorPolicy.CONTINUE))
+    cfgs = (its_config(policy=ErrorPolicy.STALL), stalling(error_policy=ErrorPolicy.CONTINUE))
     e = build(cfgs, num_cpus=4, its_bases=(0x0808_0000, SECOND_ITS))
     d0 = e.d
     d1 = ItsDriver(e.gic, e.heap, its=1)

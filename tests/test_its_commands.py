@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import GITS_BASER, GITS_CTLR, GITS_TRANSLATER, GITS_TYPER, LPI, Env, build, its_config
+from conftest import GITS_BASER, GITS_CTLR, GITS_TRANSLATER, GITS_TYPER, LPI, Env, build, its_config, stalling
 from vgic.events import Kind
 from vgic.its import commands as C
-from vgic.its.its import ItsConfig
 
 
 def bits(v: int, hi: int, lo: int) -> int:
@@ -81,7 +80,8 @@ def test_mapd_remap_replaces_the_itt(ready: Env) -> None:
     assert bits(dte(e, 4), 48, 5) << 8 == new_itt
     assert not e.its.msi(4, 0), "the new ITT has no mapping for event 0"
     e.send(C.Mapti(4, 9, LPI + 9, 2))  # Size=3: 16 events now
-    assert e.mem.read64(new_itt + 8 * 9) >> 63 == 1
+    ite_size = (e.read(GITS_TYPER) >> 4 & 0xF) + 1  # GITS_TYPER.ITT_entry_size
+    assert e.mem.read64(new_itt + ite_size * 9) >> 63 == 1
     assert e.its.msi(4, 9)
     assert e.drain_all() == {2: [LPI + 9]}
 
@@ -335,7 +335,7 @@ def test_msi_translates_through_the_tables(ready: Env) -> None:
 
 
 def test_translater_store_uses_the_default_device_id() -> None:
-    e = build(ItsConfig(default_device_id=0x33))
+    e = build(stalling(default_device_id=0x33))
     e.bring_up()
     e.map_events(0x33, 2, {1: (LPI + 1, 2)})
     e.map_events(0, 2, {1: (LPI + 2, 2)})

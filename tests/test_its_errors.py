@@ -161,7 +161,7 @@ def test_command_error(base: Env, policy: ErrorPolicy, case: Case) -> None:
         assert e.creadr == end
     else:
         assert e.creadr == end  # skipped; not stalled
-        assert "ignored" in err.message
+        assert "skipped" in err.message
     assert e.drain_all() == {0: [LPI]}
     assert len(e.errors()) == 1
 

@@ -17,7 +17,19 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import GITS_BASER, GITS_CBASER, GITS_CTLR, GITS_CWRITER, GITS_TYPER, LPI, RAM_BASE, RAM_SIZE, Env, build
+from conftest import (
+    GITS_BASER,
+    GITS_CBASER,
+    GITS_CTLR,
+    GITS_CWRITER,
+    GITS_TYPER,
+    LPI,
+    RAM_BASE,
+    RAM_SIZE,
+    Env,
+    build,
+    stalling,
+)
 from vgic.its import commands as C
 from vgic.its.errors import ItsError
 from vgic.its.its import ItsConfig
@@ -82,7 +94,7 @@ def test_flat_device_table(code: int, page: int) -> None:
 
 @pytest.fixture
 def wide() -> ItsConfig:
-    return ItsConfig(typer=ItsTyper(devbits=24))
+    return stalling(typer=ItsTyper(devbits=24))
 
 
 @pytest.mark.parametrize(("code", "page"), PAGES, ids=PAGE_IDS)
@@ -115,7 +127,7 @@ def test_two_level_device_table(wide: ItsConfig, code: int, page: int) -> None:
 @pytest.mark.parametrize(("code", "page"), PAGES, ids=PAGE_IDS)
 def test_two_level_capacity(code: int, page: int) -> None:
     """L1 of one page: (page / 8) level-1 entries of (page / 8) IDs each."""
-    e = build(ItsConfig(typer=ItsTyper(devbits=32)))
+    e = build(stalling(typer=ItsTyper(devbits=32)))
     e.bring_up(two_level=True, page_size_code=code)
     per_page = page // 8
     capacity = per_page * per_page
@@ -203,7 +215,7 @@ def test_two_level_collection_table() -> None:
 
 
 def test_hcc_collections_need_no_memory() -> None:
-    e = build(ItsConfig(typer=ItsTyper(hcc=4)))
+    e = build(stalling(typer=ItsTyper(hcc=4)))
     e.bring_up()  # MAPC ICID 0..3
     base, page, pages, _ = table_geometry(e, 4)
     assert e.mem.read_bytes(base, page * pages) == bytes(page * pages), "no CTE written"
@@ -218,7 +230,7 @@ def test_hcc_collections_need_no_memory() -> None:
 
 def test_hcc_only_collections_enable_without_a_collection_table() -> None:
     """CIL=1, CIDbits=2: 4 collections, all held in the ITS: no collection table needed."""
-    e = build(ItsConfig(typer=ItsTyper(hcc=4, cidbits=2)))
+    e = build(stalling(typer=ItsTyper(hcc=4, cidbits=2)))
     e.d.setup_lpis()
     e.write64(GITS_CBASER, VALID | e.heap.alloc(4096, 65536) | 1 << 10)
     off, v = baser(e, 1)
@@ -239,7 +251,7 @@ def test_collections_only_in_hardware_without_a_collection_baser() -> None:
     """An ITS with no collection table type: CIL is RES0 and HCC gives the number of
     collections (ARM-REG gits_typer, CIL). It must enable with the device table alone."""
     types = (BASER_TYPE_DEVICE,) + (BASER_TYPE_NONE,) * 7
-    e = build(ItsConfig(typer=ItsTyper(hcc=8), baser_types=types))
+    e = build(stalling(typer=ItsTyper(hcc=8), baser_types=types))
     typer = e.read64(GITS_TYPER)
     assert bits(typer, 36, 32) == 0  # CIL and CIDbits RES0
     assert bits(typer, 31, 24) == 8
@@ -253,7 +265,7 @@ def test_collections_only_in_hardware_without_a_collection_baser() -> None:
 
 
 def test_hcc_mappings_survive_disable_and_enable() -> None:
-    e = build(ItsConfig(typer=ItsTyper(hcc=4)))
+    e = build(stalling(typer=ItsTyper(hcc=4)))
     e.bring_up()
     e.map_events(1, 2, {0: (LPI, 2)})
     e.write(GITS_CTLR, 0)

@@ -59,8 +59,9 @@ def _vgic(
 
 def test_migration_keeps_pending_lpis_and_the_stalled_queue() -> None:
     _guest("its_migrate")
-    r = _vgic("run", "--smp", "2", "--timeout", "60", "--migrate-on", "input", str(OUT / "its_migrate.elf"),
-              stdin=b"x", delay=2.0)  # fmt: skip
+    # --its-errors stall: the guest's bad MAPTI stalls the queue, which must survive the move
+    r = _vgic("run", "--smp", "2", "--timeout", "60", "--its-errors", "stall", "--migrate-on", "input",
+              str(OUT / "its_migrate.elf"), stdin=b"x", delay=2.0)  # fmt: skip
     assert b"vgic: migrated" in r.stderr, r.stderr
     assert r.returncode == 0, r.stderr
     text = r.stdout.decode()
@@ -71,7 +72,7 @@ def test_migration_keeps_pending_lpis_and_the_stalled_queue() -> None:
 def test_snapshot_on_input_then_restore_in_a_new_process(tmp_path: Path) -> None:
     _guest("its_migrate")
     snap = tmp_path / "paused.vgic"
-    r1 = _vgic("run", "--smp", "2", "--timeout", "60", "--snapshot-on", "input", str(snap),
+    r1 = _vgic("run", "--smp", "2", "--timeout", "60", "--its-errors", "stall", "--snapshot-on", "input", str(snap),
                str(OUT / "its_migrate.elf"))  # fmt: skip
     assert r1.returncode == 0, r1.stderr
     assert snap.exists() and b"waiting for input" in r1.stdout

@@ -22,12 +22,14 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from conftest import stalling
 from reference_model import LPI_BASE, SPURIOUS, RefGic
 from vgic.driver import GICR_CTLR, GICR_INVALLR, GICR_INVLPIR, Allocator, ItsDriver
 from vgic.events import EventLog, Kind
 from vgic.gicv3.gic import Gic, GicConfig
+from vgic.gicv3.redistributor import RedistributorConfig
 from vgic.its import commands as C
-from vgic.its.its import ErrorPolicy, ItsConfig
+from vgic.its.its import ErrorPolicy
 from vgic.memory import GuestMemory
 
 GICR_SETLPIR, GICR_CLRLPIR = 0x40, 0x48
@@ -56,7 +58,13 @@ class GicMachine(RuleBasedStateMachine):
         mem.add_ram(RAM, RAM_SIZE)
         policy = ErrorPolicy.STALL if stall else ErrorPolicy.CONTINUE
         self.log = EventLog(keep=frozenset({Kind.COMMAND_ERROR}))
-        self.gic = Gic(mem, GicConfig(num_cpus=ncpus, its=(ItsConfig(error_policy=policy),)), log=self.log)
+        self.gic = Gic(
+            mem,
+            GicConfig(
+                num_cpus=ncpus, its=(stalling(error_policy=policy),), redistributor=RedistributorConfig(direct_lpi=True)
+            ),
+            log=self.log,
+        )
         self.drv = ItsDriver(self.gic, Allocator(RAM, RAM_SIZE))
         self.drv.setup_lpis(id_bits=16, priority=0xA0, enable=True)
         self.drv.setup_its(queue_pages=1, table_pages=1)

@@ -20,6 +20,9 @@ PTZ = 1 << 62
 
 
 def make_gic(num_cpus: int = 1, **rd: object) -> Gic:
+    """A GIC whose redistributors have the direct LPI registers (GICR_TYPER.DirectLPI=1)
+    unless ``direct_lpi=False``: most of these tests drive LPIs through them."""
+    rd.setdefault("direct_lpi", True)
     mem = GuestMemory()
     mem.add_ram(RAM, 16 << 20)
     return Gic(mem, GicConfig(num_cpus=num_cpus, redistributor=RedistributorConfig(**rd)))  # type: ignore[arg-type]

@@ -26,13 +26,14 @@ from conftest import (
     Env,
     build,
     its_config,
+    stalling,
 )
 from vgic.driver import Allocator, ItsDriver
 from vgic.events import Kind
 from vgic.gicv3.gic import Gic, GicConfig
 from vgic.its import commands as C
 from vgic.its.errors import ItsError as E
-from vgic.its.its import ErrorPolicy, ItsConfig
+from vgic.its.its import ErrorPolicy
 from vgic.its.registers import BASER_TYPE_COLLECTION, BASER_TYPE_DEVICE, ItsTyper
 from vgic.memory import GuestMemory
 
@@ -130,7 +131,7 @@ def test_level2_entry_address_validated_table_at_the_end_of_ram() -> None:
     (MEMORY_FAULT, all or nothing) and an MSI for it is ignored. Never a host exception."""
     mem = GuestMemory()
     mem.add_ram(RAM_BASE, 0x1_8000)
-    gic = Gic(mem, GicConfig(num_cpus=2, its=(ItsConfig(error_policy=ErrorPolicy.CONTINUE),)))
+    gic = Gic(mem, GicConfig(num_cpus=2, its=(stalling(error_policy=ErrorPolicy.CONTINUE),)))
     its = gic.its[0]
     l1, queue, itt = RAM_BASE, RAM_BASE + 0x1000, RAM_BASE + 0x2000
     its.write(GITS_CBASER, 8, VALID | queue)
@@ -164,7 +165,7 @@ def test_level2_entry_address_validated_table_at_the_end_of_ram() -> None:
 def test_ite_straddling_the_end_of_ram_is_all_or_nothing() -> None:
     """12-byte ITEs: the one at the last 8 bytes of RAM straddles its end. The MAPTI fails
     before any byte is written (no half-written ITE an MSI could later use)."""
-    e = build(ItsConfig(typer=ItsTyper(itt_entry_size=12), error_policy=ErrorPolicy.CONTINUE))
+    e = build(stalling(typer=ItsTyper(itt_entry_size=12), error_policy=ErrorPolicy.CONTINUE))
     e.bring_up()
     itt = RAM_BASE + RAM_SIZE - 512
     event = (512 - 8) // 12  # ITE at the last 8 bytes of RAM: its last 4 bytes are beyond
@@ -394,7 +395,7 @@ def test_tables_outside_ram_are_errors_not_host_accesses(where: int) -> None:
 def test_shared_itt_and_overlapping_tables_never_serve_stale_translations() -> None:
     """Two devices sharing one ITT (UNPREDICTABLE) and an ITT on top of the device table:
     the ITS answers from memory after its own writes, never from an aliased cache entry."""
-    e = ready(policy=ErrorPolicy.CONTINUE)
+    e = ready(policy=ErrorPolicy.CONTINUE, itt_entry_size=8)  # 8-byte ITEs: an ITE lands on one DTE
     itt = e.heap.alloc(256, 256)
     e.send(C.Mapd(1, 1, itt, True), C.Mapd(2, 1, itt, True), C.Mapti(1, 3, LPI, 0))
     assert e.its.msi(2, 3) and e.its.msi(1, 3)  # both cache the same ITE

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import GITS_CTLR, GITS_TRANSLATER, LPI, Env, build, its_config
+from conftest import GITS_CTLR, GITS_TRANSLATER, LPI, Env, build, its_config, stalling
 from vgic.driver import ItsDriver
 from vgic.events import Kind
 from vgic.its import commands as C
-from vgic.its.its import ItsConfig
 
 GICR_CTLR, GICR_WAKER, GICR_PROPBASER, GICR_PENDBASER, GICR_INVALLR = 0x0, 0x14, 0x70, 0x78, 0xB0
 
@@ -183,7 +182,7 @@ def test_pending_table_seeded_before_enable_lpis() -> None:
 
 def test_two_its_share_the_redistributors() -> None:
     bases = (0x0808_0000, 0x0820_0000)
-    e = build((ItsConfig(), ItsConfig(default_device_id=7)), its_bases=bases)
+    e = build((stalling(), stalling(default_device_id=7)), its_bases=bases)
     e.bring_up()  # LPIs on every CPU, ITS 0 with ICID n -> CPU n
     d1 = ItsDriver(e.gic, e.heap, its=1)
     d1.setup_its()

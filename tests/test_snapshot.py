@@ -18,12 +18,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import stalling
 from vgic import snapshot
 from vgic.driver import Allocator, ItsDriver
 from vgic.events import Kind
 from vgic.gicv3.gic import Gic, GicConfig
 from vgic.its import commands as C
-from vgic.its.its import ErrorPolicy, ItsConfig
+from vgic.its.its import ErrorPolicy
 from vgic.memory import GuestMemory
 
 RAM = 0x4000_0000
@@ -34,7 +35,7 @@ NCPU = 3
 def _setup(policy: ErrorPolicy) -> tuple[Gic, ItsDriver]:
     mem = GuestMemory()
     mem.add_ram(RAM, RAM_SIZE)
-    gic = Gic(mem, GicConfig(num_cpus=NCPU, its=(ItsConfig(error_policy=policy),)))
+    gic = Gic(mem, GicConfig(num_cpus=NCPU, its=(stalling(error_policy=policy),)))
     d = ItsDriver(gic, Allocator(RAM, RAM_SIZE))
     d.setup_lpis(id_bits=14)
     d.setup_its(two_level=True)
@@ -180,7 +181,7 @@ def _rewrite(data: bytes, edit: Callable[[str, bytes], bytes]) -> bytes:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda n, b: b.replace(b'"version": 1', b'"version": 99') if n == "manifest.json" else b, "version 99"),
+        (lambda n, b: b.replace(b'"version": 2', b'"version": 99') if n == "manifest.json" else b, "version 99"),
         (lambda n, b: b.replace(b'"kind": "gic"', b'"kind": "machine"') if n == "manifest.json" else b, "machine"),
         (lambda n, b: b.replace(b'"enabled":true', b'"enabled":false') if n == "state.json" else b, "corrupt"),
         (lambda n, b: b[:-10] if n.startswith("mem-") else b, "corrupt"),

@@ -39,7 +39,7 @@ def _read(path: str | None, what: str) -> bytes | None:
 
 def _build(args: argparse.Namespace) -> Any:
     from vgic import snapshot
-    from vgic.its.its import ErrorPolicy, ItsConfig
+    from vgic.its.its import ErrorPolicy
     from vgic.machine.loader import ImageError
     from vgic.machine.virt import MachineConfig, VirtMachine
 
@@ -49,7 +49,8 @@ def _build(args: argparse.Namespace) -> Any:
         memory=_size(args.memory),
         smp=args.smp,
         bootargs=args.append or "",
-        its=ItsConfig(error_policy=ErrorPolicy(args.its_errors)),
+        profile=args.profile,
+        its_errors=None if args.its_errors is None else ErrorPolicy(args.its_errors),
     )
     bios = _read(args.bios, "firmware")
     machine = VirtMachine(config, bios=bios)
@@ -164,10 +165,10 @@ def live_queue(gic: Any, its_index: int = 0, whole: bool = False) -> str:
     pointers = {creadr & ~1: "GITS_CREADR" + (" (stalled here)" if creadr & 1 else "")}
     pointers[cwriter] = pointers.get(cwriter, "") + (", " if cwriter in pointers else "") + "GITS_CWRITER"
     marks = {}
-    for ev in gic.log.errors:  # the latest error at each offset this ITS reported
-        if ev.source == its.source and ev.offset is not None:
-            was = f" (the command then: {ev.command})" if ev.command else ""
-            marks[ev.offset] = f"error {ev.code or 0:#08x} {ev.message.split(':')[0]}{was}"
+    for offset, code, message, command in its.error_history:  # the latest error at each offset
+        then = "skipped" if message.endswith("command skipped") else "stalled"
+        detail = f"{then}; the command then: {command}" if command else then
+        marks[offset] = f"error {code:#08x} {message.split(':')[0]} ({detail})"
     for off, text in pointers.items():
         marks[off] = text if off not in marks else f"{marks[off]}, {text}"
     end = size if whole else max(cwriter, creadr & ~1 if creadr & 1 else 0)
@@ -246,6 +247,8 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from vgic.profiles import DEFAULT_PROFILE, PROFILES
+
     parser = argparse.ArgumentParser(prog="vgic", description="GICv3 ITS reference model and virt machine")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="run the model-level narrated demo")
@@ -259,8 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--initrd", help="initial ramdisk")
     run.add_argument("--bios", help="firmware run from the flash at address 0 (as QEMU's -bios)")
     run.add_argument("--timeout", type=float, help="stop after this many seconds (exit status 5)")
-    run.add_argument("--its-errors", choices=("stall", "continue"), default="stall",
-                     help="ITS command error policy (default stall)")  # fmt: skip
+    run.add_argument("--profile", choices=tuple(PROFILES), default=DEFAULT_PROFILE,
+                     help="the GIC's implementation choices: qemu (default: what QEMU's virt machine "
+                          "presents), kvm, gic-600, or strict (stall on every error; docs/choices.md)")  # fmt: skip
+    run.add_argument("--its-errors", choices=("stall", "continue"),
+                     help="override the profile's ITS error policy: stall or skip every command error")  # fmt: skip
     run.add_argument("--snapshot-on", nargs=2, metavar=("PAUSE", "FILE"),
                      help="at PAUSE ('input': the guest waits for serial input; else a text the guest "
                           "prints) write a snapshot to FILE and stop")  # fmt: skip

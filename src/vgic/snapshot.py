@@ -17,7 +17,6 @@ restore, whatever the register order (no stale queue replay).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
@@ -28,13 +27,10 @@ from typing import IO, Any
 
 from vgic.events import EventLog
 from vgic.gicv3.gic import Gic, GicConfig
-from vgic.gicv3.redistributor import RedistributorConfig
-from vgic.its.its import ErrorPolicy, ItsConfig
-from vgic.its.registers import ItsTyper
 from vgic.memory import GuestMemory
 
 FORMAT = "vgic-snapshot"
-VERSION = 1
+VERSION = 2
 PAGE = 4096
 _PAGE_HEADER = struct.Struct("<I")
 
@@ -43,55 +39,62 @@ class SnapshotError(Exception):
     """A snapshot that cannot be written or restored; the message says why."""
 
 
-# -- configuration <-> JSON ----------------------------------------------------------
+# -- versions -----------------------------------------------------------------------
+# Each format change bumps VERSION and adds an upgrade from the version before it, so a
+# snapshot of any earlier version is read by upgrading its state step by step (as KVM's
+# save/restore ABIs are versioned). Version 1 had no profiles: its ITS configuration
+# carried only the fields below, and the GIC behaved as the ``strict`` profile does now,
+# except for the error policy it recorded.
 
 
-def its_config_to_dict(c: ItsConfig) -> dict[str, Any]:
-    return {
-        "typer": dataclasses.asdict(c.typer),
-        "error_policy": c.error_policy.value,
-        "indirect_device_table": c.indirect_device_table,
-        "indirect_collection_table": c.indirect_collection_table,
-        "default_device_id": c.default_device_id,
-        "baser_types": list(c.baser_types),
-    }
+def _upgrade_its_config_v1(d: dict[str, Any]) -> dict[str, Any]:
+    from vgic.its.registers import GITS_IIDR_VGIC, ID_REGISTERS
 
-
-def its_config_from_dict(d: dict[str, Any]) -> ItsConfig:
-    return ItsConfig(
-        typer=ItsTyper(**d["typer"]),
-        error_policy=ErrorPolicy(d["error_policy"]),
-        indirect_device_table=bool(d["indirect_device_table"]),
-        indirect_collection_table=bool(d["indirect_collection_table"]),
-        default_device_id=int(d["default_device_id"]),
-        baser_types=tuple(int(t) for t in d["baser_types"]),
+    out = dict(d)
+    out.update(
+        iidr=GITS_IIDR_VGIC,
+        id_registers=list(ID_REGISTERS),
+        memory_fault_policy=d["error_policy"],
+        quiescent_when_idle=False,
+        baser_page_size=0,
+        baser_page_sizes=[0, 1, 2],
+        collection_entry_size=8,
+        pintid_bound="its",
     )
+    return out
 
 
-def gic_config_to_dict(c: GicConfig) -> dict[str, Any]:
-    return {
-        "num_cpus": c.num_cpus,
-        "its": [its_config_to_dict(i) for i in c.its],
-        "redistributor": dataclasses.asdict(c.redistributor),
-        "pri_bits": c.pri_bits,
-        "num_spis": c.num_spis,
-        "gicd_base": c.gicd_base,
-        "its_bases": list(c.its_bases),
-        "gicr_base": c.gicr_base,
+def _upgrade_gic_config_v1(d: dict[str, Any]) -> dict[str, Any]:
+    from vgic.gicv3.distributor import GICD_IIDR_VGIC
+    from vgic.gicv3.redistributor import GICR_IIDR_VGIC
+
+    out = dict(d)
+    out["its"] = [_upgrade_its_config_v1(i) for i in d["its"]]
+    out["redistributor"] = {**d["redistributor"], "iidr": GICR_IIDR_VGIC, "common_lpi_aff": 0}
+    out.update(gicd_iidr=GICD_IIDR_VGIC, profile="vgic-0.1")
+    return out
+
+
+def _upgrade_v1(kind: str, state: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 -> 2: named profiles (the configuration fields they brought)."""
+    if kind == "gic":
+        return {**state, "config": _upgrade_gic_config_v1(state["config"])}
+    c = dict(state["config"])
+    gic = {
+        "num_cpus": c["smp"],
+        "its": [c.pop("its")],
+        "redistributor": {"lpi_id_bits": 16, "direct_lpi": True, "lpis_disableable": True},
+        "pri_bits": 5,
+        "num_spis": 224,
+        "gicd_base": 0x0800_0000,
+        "its_bases": [0x0808_0000],
+        "gicr_base": 0x080A_0000,
     }
+    c["gic"] = _upgrade_gic_config_v1(gic)
+    return {**state, "config": c}
 
 
-def gic_config_from_dict(d: dict[str, Any]) -> GicConfig:
-    return GicConfig(
-        num_cpus=int(d["num_cpus"]),
-        its=tuple(its_config_from_dict(i) for i in d["its"]),
-        redistributor=RedistributorConfig(**d["redistributor"]),
-        pri_bits=int(d["pri_bits"]),
-        num_spis=int(d["num_spis"]),
-        gicd_base=int(d["gicd_base"]),
-        its_bases=tuple(int(b) for b in d["its_bases"]),
-        gicr_base=int(d["gicr_base"]),
-    )
+UPGRADES = {1: _upgrade_v1}  # version -> function to the next version
 
 
 # -- memory ---------------------------------------------------------------------------
@@ -149,10 +152,9 @@ def _read(source: str | Path | IO[bytes], kind: str) -> tuple[dict[str, Any], di
             manifest = json.loads(z.read("manifest.json"))
             if manifest.get("format") != FORMAT:
                 raise SnapshotError("not a vgic snapshot")
-            if manifest.get("version") != VERSION:
-                raise SnapshotError(
-                    f"snapshot version {manifest.get('version')} is not {VERSION}, the one this vgic reads"
-                )
+            version = manifest.get("version")
+            if version != VERSION and version not in UPGRADES:
+                raise SnapshotError(f"snapshot version {version!r} is not one this vgic reads (1 to {VERSION})")
             if manifest.get("kind") != kind:
                 raise SnapshotError(f"this is a {manifest.get('kind')} snapshot, not a {kind} snapshot")
             members = {}
@@ -166,6 +168,12 @@ def _read(source: str | Path | IO[bytes], kind: str) -> tuple[dict[str, Any], di
     except (OSError, KeyError, ValueError, zipfile.BadZipFile, zipfile.LargeZipFile) as e:
         raise SnapshotError(f"cannot read snapshot: {e}") from None
     state = json.loads(members.pop("state.json"))
+    while version != VERSION:
+        try:
+            state = UPGRADES[version](kind, state)
+        except (KeyError, TypeError, ValueError) as e:
+            raise SnapshotError(f"cannot upgrade the version {version} snapshot: {e}") from None
+        version += 1
     return manifest, state, members
 
 
@@ -182,7 +190,7 @@ def _load_memory(manifest: dict[str, Any], members: dict[str, bytes], mem: Guest
 
 def save_gic(gic: Gic, target: str | Path | IO[bytes], include_memory: bool = True) -> None:
     """Snapshot a GIC and its ITSes (and, by default, the guest memory holding the tables)."""
-    state = {"config": gic_config_to_dict(gic.config), "gic": gic.save_state()}
+    state = {"config": gic.config.to_dict(), "gic": gic.save_state()}
     _write(target, "gic", state, gic.memory if include_memory else None)
 
 
@@ -190,7 +198,7 @@ def load_gic(source: str | Path | IO[bytes], memory: GuestMemory | None = None, 
     """A new GIC from a snapshot, over ``memory`` (else over the snapshot's own memory)."""
     manifest, state, members = _read(source, "gic")
     try:
-        config = gic_config_from_dict(state["config"])
+        config = GicConfig.from_dict(state["config"])
         if memory is None:
             memory = GuestMemory()
             for base, size in manifest["regions"]:
@@ -209,7 +217,10 @@ def load_gic(source: str | Path | IO[bytes], memory: GuestMemory | None = None, 
 def check_gic_fits(source: str | Path | IO[bytes], gic: Gic) -> None:
     """Raise SnapshotError unless the snapshot was taken of a GIC configured like ``gic``."""
     _, state, _ = _read(source, "gic")
-    saved = Gic(GuestMemory(), gic_config_from_dict(state["config"])).fingerprint()
+    try:
+        saved = Gic(GuestMemory(), GicConfig.from_dict(state["config"])).fingerprint()
+    except (KeyError, TypeError, ValueError) as e:
+        raise SnapshotError(f"snapshot configuration is not valid: {e}") from None
     if saved != gic.fingerprint():
         diff = [k for k in saved if saved[k] != gic.fingerprint().get(k)]
         raise SnapshotError(f"snapshot configuration differs in {', '.join(diff)}")

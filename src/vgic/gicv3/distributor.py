@@ -29,13 +29,14 @@ CTLR_RWP = 1 << 31
 TYPER_A3V = 1 << 24  # Aff3 supported in SGI generation and routing
 TYPER_NO1N = 1 << 25  # no 1-of-N SPI routing: GICD_IROUTER<n>.IRM is RAZ/WI
 
-GICD_IIDR_VALUE = 0x5600043B
+GICD_IIDR_QEMU = 0x0000043B  # Arm r0p0, ProductID 0: QEMU's virt GIC
+GICD_IIDR_VGIC = 0x5600043B  # vgic's own: ProductID 'V' (0x56)
 _ID = (0x44, 0x00, 0x00, 0x00, 0x92, 0xB4, 0x3B, 0x00, 0x0D, 0xF0, 0x05, 0xB1)
 
 GICD_REGISTERS: list[Register] = [
     Register("CTLR", 0x0000, 4, reset=CTLR_ARE | CTLR_DS),
     Register("TYPER", 0x0004, 4, access=Access.RO),
-    Register("IIDR", 0x0008, 4, reset=GICD_IIDR_VALUE, access=Access.RO),
+    Register("IIDR", 0x0008, 4, access=Access.RO),
     Register("TYPER2", 0x000C, 4, access=Access.RO),
     Register("STATUSR", 0x0010, 4, access=Access.RAZ_WI),
     Register("IGROUPR", 0x0080, 4, count=32),
@@ -56,10 +57,11 @@ GICD_REGISTERS: list[Register] = [
 class Distributor:
     """GICD: control, identification and the SPIs (INTIDs 32 .. 32 + num_spis - 1)."""
 
-    def __init__(self, log: EventLog, lpi_id_bits: int = 16, num_spis: int = 256) -> None:
+    def __init__(self, log: EventLog, lpi_id_bits: int = 16, num_spis: int = 256, iidr: int = GICD_IIDR_QEMU) -> None:
         if num_spis % 32 or not 0 <= num_spis <= 988:
             raise ValueError("num_spis must be a multiple of 32, at most 988")
         self.log = log
+        self.iidr = iidr
         self.lpi_id_bits = lpi_id_bits
         self.num_spis = num_spis
         self.lock = threading.RLock()
@@ -99,6 +101,10 @@ class Distributor:
         with self.lock:
             self.regs.write(offset, size, value)
         self.on_change()
+
+    def read_IIDR(self, index: int) -> int:
+        """GICD_IIDR (12.9.17): IMPLEMENTATION DEFINED, the profile's value."""
+        return self.iidr
 
     def read_TYPER(self, index: int) -> int:
         """ITLinesNumber, LPIS[17], IDbits[23:19] (12.9.38)."""

@@ -17,9 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vgic.checks import items, mapping, text, uint
 from vgic.events import EventLog, Kind
 from vgic.gicv3.cpu_interface import CpuInterface
-from vgic.gicv3.distributor import GICD_FRAME_SIZE, Distributor, SpiView
+from vgic.gicv3.distributor import GICD_FRAME_SIZE, GICD_IIDR_QEMU, Distributor, SpiView
 from vgic.gicv3.redistributor import RD_FRAME_SIZE, Redistributor, RedistributorConfig, SgiFrame
 from vgic.its.its import Its, ItsConfig
 from vgic.its.registers import ITS_FRAME_SIZE
@@ -31,6 +32,9 @@ VIRT_ITS_BASE = 0x0808_0000
 VIRT_GICR_BASE = 0x080A_0000
 
 
+MAX_CPUS = 512  # redistributors a GIC may have here (GICR_TYPER.Processor_Number is 16 bits)
+
+
 def virt_mpidr(cpu: int) -> int:
     """Affinity of CPU ``cpu`` as QEMU's virt machine gives it: clusters of 8 (Aff1.Aff0)."""
     return (cpu // 8) << 8 | (cpu % 8)
@@ -38,6 +42,9 @@ def virt_mpidr(cpu: int) -> int:
 
 @dataclass(frozen=True)
 class GicConfig:
+    """The GIC's shape and the choices it makes. The defaults are QEMU 7.2's virt machine
+    (the ``qemu`` profile); :func:`vgic.profiles.gic_config` builds the other profiles."""
+
     num_cpus: int = 1
     its: tuple[ItsConfig, ...] = field(default_factory=lambda: (ItsConfig(),))
     redistributor: RedistributorConfig = field(default_factory=RedistributorConfig)
@@ -47,6 +54,48 @@ class GicConfig:
     its_bases: tuple[int, ...] = (VIRT_ITS_BASE,)
     gicr_base: int = VIRT_GICR_BASE
     mpidr: Callable[[int], int] = virt_mpidr
+    gicd_iidr: int = GICD_IIDR_QEMU
+    profile: str = "qemu"  # the named profile these choices came from (vgic.profiles)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (snapshots). ``mpidr`` is not saved: virt_mpidr is assumed."""
+        return {
+            "num_cpus": self.num_cpus,
+            "its": [i.to_dict() for i in self.its],
+            "redistributor": self.redistributor.to_dict(),
+            "pri_bits": self.pri_bits,
+            "num_spis": self.num_spis,
+            "gicd_base": self.gicd_base,
+            "its_bases": list(self.its_bases),
+            "gicr_base": self.gicr_base,
+            "gicd_iidr": self.gicd_iidr,
+            "profile": self.profile,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], max_cpus: int = MAX_CPUS) -> GicConfig:
+        """The inverse of :meth:`to_dict`, every field checked; ValueError otherwise."""
+        d = mapping(d, "GIC configuration")
+        its = tuple(ItsConfig.from_dict(mapping(i, "ITS configuration")) for i in items(d["its"], 8, "its"))
+        config = cls(
+            num_cpus=uint(d["num_cpus"], 16, "num_cpus"),
+            its=its,
+            redistributor=RedistributorConfig.from_dict(mapping(d["redistributor"], "redistributor")),
+            pri_bits=uint(d["pri_bits"], 4, "pri_bits"),
+            num_spis=uint(d["num_spis"], 10, "num_spis"),
+            gicd_base=uint(d["gicd_base"], 52, "gicd_base"),
+            its_bases=tuple(uint(b, 52, "its_bases") for b in items(d["its_bases"], 8, "its_bases")),
+            gicr_base=uint(d["gicr_base"], 52, "gicr_base"),
+            gicd_iidr=uint(d["gicd_iidr"], 32, "gicd_iidr"),
+            profile=text(d["profile"], 64, "profile"),
+        )
+        if not 1 <= config.num_cpus <= max_cpus:
+            raise ValueError(f"num_cpus must be 1 to {max_cpus}")
+        if not 5 <= config.pri_bits <= 8 or config.num_spis % 32 or config.num_spis > 988:
+            raise ValueError("pri_bits 5..8, num_spis a multiple of 32 up to 988")
+        if len(config.its_bases) < len(config.its):
+            raise ValueError("each ITS needs a base address")
+        return config
 
 
 _Handler = tuple[int, int, Callable[[int, int], int], Callable[[int, int, int], None]]
@@ -61,7 +110,7 @@ class Gic:
             raise ValueError("each ITS needs a base address")
         self.memory = memory
         self.log = log or EventLog()
-        self.distributor = Distributor(self.log, config.redistributor.lpi_id_bits, config.num_spis)
+        self.distributor = Distributor(self.log, config.redistributor.lpi_id_bits, config.num_spis, config.gicd_iidr)
         self.redistributors: list[Redistributor] = []
         self.cpus: list[CpuInterface] = []
         for i in range(config.num_cpus):
@@ -102,6 +151,8 @@ class Gic:
             "its_bases": list(c.its_bases[: len(c.its)]),
             "gicd_base": c.gicd_base,
             "gicr_base": c.gicr_base,
+            "gicd_iidr": c.gicd_iidr,
+            "profile": c.profile,
         }
 
     def save_state(self) -> dict[str, object]:

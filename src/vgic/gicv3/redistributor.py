@@ -27,6 +27,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vgic.checks import boolean, uint
 from vgic.events import EventLog, Kind
 from vgic.memory import GuestMemory, MemoryFault
 from vgic.regs import Access, Register, RegisterBank, field, id_registers
@@ -43,33 +44,62 @@ TYPER_LAST = 1 << 4
 WAKER_PROCESSOR_SLEEP = 1 << 1
 WAKER_CHILDREN_ASLEEP = 1 << 2
 
-GICR_IIDR_VALUE = 0x5600043B
+GICR_IIDR_QEMU = 0x0000043B  # Arm r0p0, ProductID 0: QEMU's virt GIC
+GICR_IIDR_VGIC = 0x5600043B  # vgic's own: ProductID 'V' (0x56)
 RD_ID_REGISTERS = (0x44, 0x00, 0x00, 0x00, 0x93, 0xB4, 0x3B, 0x00, 0x0D, 0xF0, 0x05, 0xB1)
 
-GICR_RD_REGISTERS: list[Register] = [
-    Register("CTLR", 0x0000, 4),
-    Register("IIDR", 0x0004, 4, reset=GICR_IIDR_VALUE, access=Access.RO),
-    Register("TYPER", 0x0008, 8, access=Access.RO),
-    Register("STATUSR", 0x0010, 4, access=Access.RAZ_WI),
-    Register("WAKER", 0x0014, 4, reset=WAKER_PROCESSOR_SLEEP | WAKER_CHILDREN_ASLEEP),
-    Register("SETLPIR", 0x0040, 8, access=Access.WO),
-    Register("CLRLPIR", 0x0048, 8, access=Access.WO),
-    Register("PROPBASER", 0x0070, 8),
-    Register("PENDBASER", 0x0078, 8),
-    Register("INVLPIR", 0x00A0, 8, access=Access.WO),
-    Register("INVALLR", 0x00B0, 8, access=Access.WO),
-    Register("SYNCR", 0x00C0, 4, access=Access.RO),
-    *id_registers(RD_ID_REGISTERS),
-]
+
+def gicr_rd_registers(iidr: int = GICR_IIDR_QEMU) -> tuple[Register, ...]:
+    """The RD_base frame's rows (12.11), for a redistributor identifying itself as ``iidr``."""
+    return (
+        Register("CTLR", 0x0000, 4),
+        Register("IIDR", 0x0004, 4, reset=iidr, access=Access.RO),
+        Register("TYPER", 0x0008, 8, access=Access.RO),
+        Register("STATUSR", 0x0010, 4, access=Access.RAZ_WI),
+        Register("WAKER", 0x0014, 4, reset=WAKER_PROCESSOR_SLEEP | WAKER_CHILDREN_ASLEEP),
+        Register("SETLPIR", 0x0040, 8, access=Access.WO),
+        Register("CLRLPIR", 0x0048, 8, access=Access.WO),
+        Register("PROPBASER", 0x0070, 8),
+        Register("PENDBASER", 0x0078, 8),
+        Register("INVLPIR", 0x00A0, 8, access=Access.WO),
+        Register("INVALLR", 0x00B0, 8, access=Access.WO),
+        Register("SYNCR", 0x00C0, 4, access=Access.RO),
+        *id_registers(RD_ID_REGISTERS),
+    )
+
+
+GICR_RD_REGISTERS: list[Register] = list(gicr_rd_registers())
 
 
 @dataclass(frozen=True, slots=True)
 class RedistributorConfig:
-    """Choices the architecture leaves to the implementation (docs/choices.md)."""
+    """Choices the architecture leaves to the implementation (docs/choices.md). The
+    defaults are QEMU 7.2's virt machine (the ``qemu`` profile)."""
 
     lpi_id_bits: int = 16  # GICD_TYPER.IDbits + 1: the largest LPI INTID space
-    direct_lpi: bool = True  # GICR_TYPER.DirectLPI: SETLPIR/CLRLPIR/INVLPIR/INVALLR/SYNCR
+    # GICR_TYPER.DirectLPI: SETLPIR/CLRLPIR/INVLPIR/INVALLR/SYNCR. QEMU and KVM have none;
+    # with it, Linux invalidates LPIs through GICR_INVLPIR instead of the ITS's INV command.
+    direct_lpi: bool = False
     lpis_disableable: bool = True  # EnableLPIs may be cleared once set (else it sticks at 1)
+    iidr: int = GICR_IIDR_QEMU
+    common_lpi_aff: int = 1  # GICR_TYPER.CommonLPIAff (QEMU: 1, the redistributors share tables)
+
+    def to_dict(self) -> dict[str, int | bool]:
+        return {f: getattr(self, f) for f in ("lpi_id_bits", "direct_lpi", "lpis_disableable", "iidr",
+                                               "common_lpi_aff")}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> RedistributorConfig:
+        config = cls(
+            lpi_id_bits=uint(d["lpi_id_bits"], 6, "lpi_id_bits"),
+            direct_lpi=boolean(d["direct_lpi"], "direct_lpi"),
+            lpis_disableable=boolean(d["lpis_disableable"], "lpis_disableable"),
+            iidr=uint(d["iidr"], 32, "iidr"),
+            common_lpi_aff=uint(d["common_lpi_aff"], 2, "common_lpi_aff"),
+        )
+        if not 14 <= config.lpi_id_bits <= 24:
+            raise ValueError("lpi_id_bits must be 14 to 24")
+        return config
 
 
 def _text(why: str | Callable[[], str]) -> str:
@@ -102,7 +132,7 @@ class Redistributor:
         self.last = last
         self.source = f"gicr{index}"
         self.lock = threading.RLock()
-        self.regs = RegisterBank(self, GICR_RD_REGISTERS, log, self.source)
+        self.regs = RegisterBank(self, list(gicr_rd_registers(self.config.iidr)), log, self.source)
         self.on_change: Callable[[], None] = lambda: None  # set by the CPU interface
         self.sgi: SgiFrame | None = None  # the SGI_base frame, attached by the GIC
         self._enable_lpis = False
@@ -178,7 +208,7 @@ class Redistributor:
             self.set_enable_lpis(bool(value & 1))
 
     def read_TYPER(self, index: int) -> int:
-        v = TYPER_PLPIS | (self.index & 0xFFFF) << 8 | self.affinity << 32
+        v = TYPER_PLPIS | (self.index & 0xFFFF) << 8 | self.affinity << 32 | (self.config.common_lpi_aff & 3) << 24
         if self.config.direct_lpi:
             v |= TYPER_DIRECTLPI
         if self.last:
@@ -392,6 +422,10 @@ class Redistributor:
         if len(self._heap) > 2 * len(self._pending) + 32:
             self._heap = [(c & 0xFC, i) for i, c in self._config.items() if c & 1]
             heapq.heapify(self._heap)
+
+    def propbaser_limit(self) -> int:
+        """One past the largest LPI INTID GICR_PROPBASER.IDbits allows (12.11.29)."""
+        return 1 << min(field(self.regs.get("PROPBASER"), 4, 0) + 1, self.config.lpi_id_bits)
 
     def accepts(self, intid: int) -> bool:
         """Whether an LPI sent here now would become pending (5.1)."""

@@ -31,12 +31,15 @@ Event-log listeners run with these locks held and must not call back into the GI
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from vgic.checks import boolean, items, mapping, uint
 from vgic.events import EventLog, Kind
 from vgic.gicv3.redistributor import LPI_BASE, Redistributor
 from vgic.its import commands as C
@@ -45,25 +48,28 @@ from vgic.its.registers import (
     BASER_TYPE_COLLECTION,
     BASER_TYPE_DEVICE,
     BASER_TYPE_NONE,
-    GITS_REGISTERS,
+    GITS_IIDR_QEMU,
+    ID_REGISTERS,
     ItsTyper,
+    gits_registers,
     sanitise_attributes,
 )
 from vgic.its.tables import (
     PAGE_SIZES,
     DeviceEntry,
+    EntryLayout,
     InterruptEntry,
     TableGeometry,
     TableWalkError,
-    decode_collection,
-    encode_collection,
     entry_address,
 )
 from vgic.memory import GuestMemory, MemoryFault
 from vgic.regs import RegisterBank
 from vgic.regs import field as bits
 
-TABLE_ENTRY_SIZE = 8  # device and collection table entries (GITS_BASER<n>.Entry_Size + 1)
+TABLE_ENTRY_SIZE = 8  # device table entries (GITS_BASER<n>.Entry_Size + 1)
+PAGE_SIZE_64K = 2  # GITS_BASER<n>.Page_Size encoding
+ERROR_HISTORY = 64  # command errors each ITS remembers (saved in snapshots, marked by decode)
 # Host bound on cached table entries (DTEs + ITEs + CTEs) per ITS: past it the caches are
 # dropped and refilled from guest memory, so host memory never grows with guest tables.
 CACHE_LIMIT = 1 << 16
@@ -76,16 +82,114 @@ class ErrorPolicy(enum.Enum):
     CONTINUE = "continue"  # ignore the command and go on with the next one
 
 
+class PintidBound(enum.Enum):
+    """What MAPTI/MAPI check a pINTID against (6.3.9, 6.3.10: "out of range")."""
+
+    ITS = "its"  # GITS_TYPER.ID_bits (QEMU)
+    PROPBASER = "propbaser"  # the target redistributor's GICR_PROPBASER.IDbits too (KVM)
+
+
 @dataclass(frozen=True)
 class ItsConfig:
-    """The choices an implementation makes (docs/choices.md)."""
+    """The choices an implementation makes (docs/choices.md, one column per profile).
+
+    The defaults are what a guest of QEMU 7.2's virt machine observes (the ``qemu``
+    profile, :mod:`vgic.profiles`), except where QEMU departs from the architecture.
+    """
 
     typer: ItsTyper = field(default_factory=ItsTyper)
-    error_policy: ErrorPolicy = ErrorPolicy.STALL
+    iidr: int = GITS_IIDR_QEMU
+    id_registers: tuple[int, ...] = ID_REGISTERS  # GITS_PIDR4..7, PIDR0..3, CIDR0..3
+    # After an error with an architected code (6.3): stall or ignore the command and go on.
+    error_policy: ErrorPolicy = ErrorPolicy.CONTINUE
+    # After a queue or table access outside guest RAM (IMPLEMENTATION DEFINED): QEMU stalls.
+    memory_fault_policy: ErrorPolicy = ErrorPolicy.STALL
+    # GITS_CTLR.Quiescent while Enabled=1 is UNKNOWN (12.19.6): report 1 when the queue is
+    # empty and not stalled (QEMU, KVM, Xen), or never claim it (0).
+    quiescent_when_idle: bool = True
+    baser_page_size: int = PAGE_SIZE_64K  # GITS_BASER<n>.Page_Size at reset (0 4K, 1 16K, 2 64K)
+    baser_page_sizes: tuple[int, ...] = (0, 1, 2)  # encodings a write may select; others read as the reset one
     indirect_device_table: bool = True  # GITS_BASER.Indirect supported (two-level tables)
     indirect_collection_table: bool = True
     default_device_id: int = 0  # DeviceID of a GITS_TRANSLATER write with no requester
     baser_types: tuple[int, ...] = (BASER_TYPE_DEVICE, BASER_TYPE_COLLECTION) + (BASER_TYPE_NONE,) * 6
+    collection_entry_size: int = 8  # GITS_BASER<n>.Entry_Size + 1 of the collection table
+    pintid_bound: PintidBound = PintidBound.ITS
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (snapshots)."""
+        return {
+            "typer": dataclasses.asdict(self.typer),
+            "iidr": self.iidr,
+            "id_registers": list(self.id_registers),
+            "error_policy": self.error_policy.value,
+            "memory_fault_policy": self.memory_fault_policy.value,
+            "quiescent_when_idle": self.quiescent_when_idle,
+            "baser_page_size": self.baser_page_size,
+            "baser_page_sizes": list(self.baser_page_sizes),
+            "indirect_device_table": self.indirect_device_table,
+            "indirect_collection_table": self.indirect_collection_table,
+            "default_device_id": self.default_device_id,
+            "baser_types": list(self.baser_types),
+            "collection_entry_size": self.collection_entry_size,
+            "pintid_bound": self.pintid_bound.value,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ItsConfig:
+        """The inverse of :meth:`to_dict`; ValueError/TypeError/KeyError on a bad dict."""
+        typer: dict[str, Any] = {f.name: _typed(mapping(d["typer"])[f.name], f.type, f"typer.{f.name}")
+                                 for f in dataclasses.fields(ItsTyper)}  # fmt: skip
+        config = cls(
+            typer=ItsTyper(**typer),
+            iidr=uint(d["iidr"], 32, "iidr"),
+            id_registers=tuple(uint(v, 8, "id_registers") for v in items(d["id_registers"], 12)),
+            error_policy=ErrorPolicy(d["error_policy"]),
+            memory_fault_policy=ErrorPolicy(d["memory_fault_policy"]),
+            quiescent_when_idle=boolean(d["quiescent_when_idle"], "quiescent_when_idle"),
+            baser_page_size=uint(d["baser_page_size"], 2, "baser_page_size"),
+            baser_page_sizes=tuple(uint(v, 2, "baser_page_sizes") for v in items(d["baser_page_sizes"], 3)),
+            indirect_device_table=boolean(d["indirect_device_table"], "indirect_device_table"),
+            indirect_collection_table=boolean(d["indirect_collection_table"], "indirect_collection_table"),
+            default_device_id=uint(d["default_device_id"], 32, "default_device_id"),
+            baser_types=tuple(uint(t, 3, "baser_types") for t in items(d["baser_types"], 8)),
+            collection_entry_size=uint(d["collection_entry_size"], 6, "collection_entry_size"),
+            pintid_bound=PintidBound(d["pintid_bound"]),
+        )
+        if len(config.id_registers) != 12:
+            raise ValueError("id_registers holds the twelve PIDR/CIDR bytes")
+        config.check()
+        return config
+
+    def layout(self) -> EntryLayout:
+        t = self.typer
+        return EntryLayout(t.itt_entry_size, self.collection_entry_size, TABLE_ENTRY_SIZE, t.idbits,
+                           t.cidbits if t.cil else 16)  # fmt: skip
+
+    def check(self) -> None:
+        """Raise ValueError for a configuration no ITS could have."""
+        t = self.typer
+        if not 1 <= t.itt_entry_size <= 16 or not 1 <= self.collection_entry_size <= 32:
+            raise ValueError("ITT entry size must be 1 to 16 bytes and a collection entry 1 to 32")
+        if not (1 <= t.idbits <= 32 and 1 <= t.devbits <= 32 and 1 <= t.cidbits <= 16):
+            raise ValueError("GITS_TYPER: ID_bits 1..32, Devbits 1..32, CIDbits 1..16")
+        if not 0 <= t.hcc <= 255 or len(self.baser_types) != 8:
+            raise ValueError("HCC is 0..255 and there are eight GITS_BASER<n>")
+        if self.baser_page_size not in self.baser_page_sizes or not set(self.baser_page_sizes) <= {0, 1, 2}:
+            raise ValueError("the reset Page_Size must be one of the accepted encodings 0, 1, 2")
+        self.check_layout(1)
+
+    def check_layout(self, num_redistributors: int) -> None:
+        """Raise ValueError if the table entries cannot hold the IDs (RDbase: a processor
+        number below ``num_redistributors``, or PA[51:16] with PTA=1)."""
+        bits = 36 if self.typer.pta else max(1, (num_redistributors - 1).bit_length())
+        why = self.layout().check(bits)
+        if why is not None:
+            raise ValueError(f"vgic cannot pack its table entries: {why}")
+
+
+def _typed(v: object, annotation: object, name: str) -> int | bool:
+    return boolean(v, name) if annotation in (bool, "bool") else uint(v, 8, name)
 
 
 @dataclass(slots=True)
@@ -145,13 +249,15 @@ class Its:
         self.log = log
         self.redistributors = list(redistributors)
         self.config = config or ItsConfig()
+        self.config.check()
+        self.config.check_layout(len(redistributors))
         self.typer = self.config.typer
-        if self.typer.itt_entry_size < 8:
-            raise ValueError("vgic's ITEs need an ITT entry size of at least 8 bytes")
+        self.layout = self.config.layout()
         self.index = index
         self.source = f"its{index}"
         self.lock = threading.RLock()
-        self.regs = RegisterBank(self, GITS_REGISTERS, log, self.source)
+        self.regs = RegisterBank(self, list(gits_registers(self.config.iidr, self.config.id_registers)), log,
+                                 self.source)  # fmt: skip
         self._rd_by_address = {rd.base >> 16: rd for rd in self.redistributors if rd.base is not None}
         self._handlers: dict[type[C.Command], Callable[[Any], None]] = {
             C.Mapd: self.MAPD, C.Mapc: self.MAPC, C.Mapti: self.MAPTI, C.Mapi: self.MAPI,
@@ -165,7 +271,7 @@ class Its:
         with self.lock:
             self.regs.reset()
             for n in range(8):
-                self.regs.set("BASER", self._baser_ro(n), n)
+                self.regs.set("BASER", self._baser_reset(n), n)
             self._enabled = False
             self._stalled = False
             self._queue_invalid = False  # CWRITER written beyond the queue
@@ -173,6 +279,7 @@ class Its:
             self._cwriter = 0
             self._hcc_collections: dict[int, int] = {}  # ICID -> RDbase, held in the ITS
             self._unsynced: set[int] = set()  # CPUs with mapping changes not yet followed by SYNC
+            self.error_history: deque[tuple[int, int, str, str]] = deque(maxlen=ERROR_HISTORY)
             self.bus_device_id: int | None = None  # set by a bus for the next TRANSLATER write
             self._invalidate_caches()
 
@@ -194,6 +301,7 @@ class Its:
                 ],
                 "collections": sorted((icid, rd.index) for icid, rd in self._collections.items()),
                 "unsynced": sorted(self._unsynced),
+                "errors": [list(e) for e in self.error_history],
             }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -216,6 +324,8 @@ class Its:
                 self._collections[int(icid)] = self.redistributors[int(rd_index)]
             self._index_restored_caches()
             self._unsynced = {int(i) for i in state.get("unsynced", [])}
+            self.error_history = deque(((int(o), int(c), str(m), str(t)) for o, c, m, t in state.get("errors", [])),
+                                       maxlen=ERROR_HISTORY)  # fmt: skip
 
     # == views for tools (vgic inspect, diagnostics) ===================================
     def table(self, kind: int) -> TableGeometry | None:
@@ -278,7 +388,7 @@ class Its:
             if geo is not None and geo.indirect and address < geo.base + geo.bytes and geo.base < address + size:
                 self._drop_cached_entries()  # a level-1 entry changed: every walk may differ
                 return
-        span = max(self.typer.itt_entry_size, TABLE_ENTRY_SIZE)
+        span = max(self.layout.ite_size, self.layout.cte_size, TABLE_ENTRY_SIZE)
         cached_at = self._cached_at
         for start in range(address - span + 1, address + size):
             key = cached_at.pop(start, None)
@@ -291,9 +401,20 @@ class Its:
         if not self.memory.contains(address, size):
             raise MemoryFault(address, size, True)
         self._forget(address, size)
-        self.memory.write64(address, raw)
-        if size > 8:
-            self.memory.fill(address + 8, size - 8)
+        if size >= 8:
+            self.memory.write64(address, raw)
+            if size > 8:
+                self.memory.fill(address + 8, size - 8)
+        else:
+            self.memory.write(address, size, raw)
+
+    def _read_ite(self, address: int) -> InterruptEntry | None:
+        size = self.layout.ite_size
+        return self.layout.decode_ite(self.memory.read64(address) if size >= 8 else self.memory.read(address, size))
+
+    def _read_cte(self, address: int) -> int | None:
+        size = self.layout.cte_size
+        return self.layout.decode_cte(self.memory.read64(address) if size >= 8 else self.memory.read(address, size))
 
     def _index_restored_caches(self) -> None:
         """Index cache entries restored by :meth:`load_state`; one that cannot be located
@@ -336,8 +457,13 @@ class Its:
         return self._stalled
 
     def read_CTLR(self, index: int) -> int:
-        """Enabled[0]; Quiescent[31] once disabled: commands run synchronously (12.19.6)."""
-        return 1 if self._enabled else 1 << 31
+        """Enabled[0]; Quiescent[31] (12.19.6): 1 while disabled (commands run synchronously
+        and nothing is in flight); UNKNOWN while enabled, where ``quiescent_when_idle``
+        reports 1 when the queue is empty and not stalled, as QEMU, KVM and Xen do."""
+        if not self._enabled:
+            return 1 << 31
+        idle = self.config.quiescent_when_idle and not self._stalled and self._creadr == self._cwriter
+        return 1 | int(idle) << 31
 
     def write_CTLR(self, index: int, value: int, mask: int) -> None:
         if not mask & 1:
@@ -445,7 +571,13 @@ class Its:
         kind = self.config.baser_types[n]
         if kind == BASER_TYPE_NONE:
             return 0
-        return kind << 56 | (TABLE_ENTRY_SIZE - 1) << 48
+        size = self.config.collection_entry_size if kind == BASER_TYPE_COLLECTION else TABLE_ENTRY_SIZE
+        return kind << 56 | (size - 1) << 48
+
+    def _baser_reset(self, n: int) -> int:
+        """GITS_BASER<n> at reset: Type, Entry_Size and the profile's Page_Size."""
+        ro = self._baser_ro(n)
+        return ro | self.config.baser_page_size << 8 if ro else 0
 
     def read_BASER(self, index: int) -> int:
         return self.regs.get("BASER", index)
@@ -464,9 +596,10 @@ class Its:
         if not indirect_ok:
             v &= ~(1 << 62)
         page_size = bits(v, 9, 8)
-        if page_size == 3:  # reserved encoding: read back as 64 KB
-            v = (v & ~(3 << 8)) | 2 << 8
-            page_size = 2
+        if page_size not in self.config.baser_page_sizes:
+            # 0b11 is reserved; a profile may also accept fewer sizes (KVM: 64 KB only)
+            page_size = self.config.baser_page_size if page_size != 3 or 2 not in self.config.baser_page_sizes else 2
+            v = (v & ~(3 << 8)) | page_size << 8
         # PA: [47:12]; 16 KB pages: [13:12] RES0; 64 KB pages: [15:12] hold PA[51:48].
         pa_mask = 0x0000_FFFF_FFFF_F000 if page_size != 1 else 0x0000_FFFF_FFFF_C000
         v &= 0xC000_0000_0000_0000 | 0x38E0_0000_0000_0000 | pa_mask | 0xFFF
@@ -570,7 +703,7 @@ class Its:
             raise _Miss("id_oor", f"EventID {event_id} is beyond the {dev.entry.events} events MAPD gave "
                                   f"DeviceID {device_id:#x}")  # fmt: skip
         addr = self._ite_address(dev, event_id)
-        ite = InterruptEntry.decode(self.memory.read64(addr))
+        ite = self._read_ite(addr)
         if ite is None:
             raise _Miss("unmapped_interrupt", f"EventID {event_id} of DeviceID {device_id:#x} is not mapped")
         self._remember(addr, (1, device_id, event_id))
@@ -592,7 +725,7 @@ class Its:
 
     def _load_collection(self, icid: int) -> Redistributor:
         addr = self._cte_address(icid)
-        rdbase = self._hcc_collections.get(icid) if addr is None else decode_collection(self.memory.read64(addr))
+        rdbase = self._hcc_collections.get(icid) if addr is None else self._read_cte(addr)
         rd = None if rdbase is None else self._redistributor(rdbase)
         if rd is None:
             raise _Miss("unmapped_collection", f"collection {icid} is not mapped (no MAPC V=1)")
@@ -637,12 +770,17 @@ class Its:
             self._creadr = (offset + C.COMMAND_SIZE) % size
 
     def _command_error(self, err: CommandError, offset: int, cmd: C.Command | None) -> bool:
-        """Record a command error; True if the queue stalls (error policy)."""
-        stall = self.config.error_policy is ErrorPolicy.STALL
-        then = "queue stalled" if stall else "command ignored"
-        self.log.record(Kind.COMMAND_ERROR, self.source, f"{err.error.name}: {err.explanation}; {then}",
-                        code=int(err.error), offset=offset,
-                        command=C.format_command(cmd) if cmd else None, rule="IHI0069 6.3")  # fmt: skip
+        """Record a command error; True if the queue stalls (the profile's error policies).
+        A skipped command is recorded exactly as a stalling one: code, offset, command."""
+        fault = err.error is ItsError.MEMORY_FAULT
+        policy = self.config.memory_fault_policy if fault else self.config.error_policy
+        stall = policy is ErrorPolicy.STALL
+        then = "queue stalled" if stall else "command skipped"
+        text = C.format_command(cmd) if cmd else ""
+        message = f"{err.error.name}: {err.explanation}; {then}"
+        self.error_history.append((offset, int(err.error), message, text))
+        self.log.record(Kind.COMMAND_ERROR, self.source, message, code=int(err.error), offset=offset,
+                        command=text or None, rule="IHI0069 6.3")  # fmt: skip
         if self.on_error is not None:
             self.on_error(err, offset)
         if stall:
@@ -693,17 +831,28 @@ class Its:
 
     def _write_ite(self, dev: _Device, device_id: int, event_id: int, ite: InterruptEntry | None) -> None:
         addr = self._ite_address(dev, event_id)
-        self._write_entry(addr, self.typer.itt_entry_size, 0 if ite is None else ite.encode())
+        self._write_entry(addr, self.layout.ite_size, 0 if ite is None else self.layout.encode_ite(ite))
         if ite is None:
             dev.events.pop(event_id, None)
         elif self._devices.get(device_id) is dev:
             self._remember(addr, (1, device_id, event_id))
             dev.events[event_id] = ite
 
-    def _check_pintid(self, pintid: int, oor: ItsError) -> None:
-        if not LPI_BASE <= pintid < 1 << self.typer.idbits:
-            raise CommandError(oor, f"pINTID {pintid} is not an LPI this ITS supports "
-                                    f"({LPI_BASE} to {(1 << self.typer.idbits) - 1})")  # fmt: skip
+    def _check_pintid(self, pintid: int, icid: int, oor: ItsError) -> None:
+        limit = 1 << self.typer.idbits
+        where = "this ITS supports"
+        if self.config.pintid_bound is PintidBound.PROPBASER:
+            rd = self._collections.get(icid)
+            if rd is None:
+                try:
+                    rd = self._load_collection(icid)
+                except (_Miss, MemoryFault):
+                    rd = None
+            if rd is not None and rd.propbaser_limit() < limit:
+                limit = rd.propbaser_limit()
+                where = f"GICR_PROPBASER.IDbits of CPU {rd.index} allows"
+        if not LPI_BASE <= pintid < limit:
+            raise CommandError(oor, f"pINTID {pintid} is not an LPI {where} ({LPI_BASE} to {limit - 1})")
 
     # == the commands, one handler each (6.3) ===========================================
     def MAPD(self, cmd: C.Mapd) -> None:
@@ -735,7 +884,7 @@ class Its:
             else:
                 self._hcc_collections.pop(cmd.icid, None)
         else:
-            self._write_entry(addr, TABLE_ENTRY_SIZE, encode_collection(cmd.rdbase) if cmd.valid else 0)
+            self._write_entry(addr, self.layout.cte_size, self.layout.encode_cte(cmd.rdbase) if cmd.valid else 0)
         if rd is not None and cmd.valid:
             if addr is not None:
                 self._remember(addr, (2, cmd.icid, 0))
@@ -765,10 +914,8 @@ class Its:
         if cmd.event_id >= dev.entry.events:
             raise CommandError(id_oor, f"EventID {cmd.event_id} is beyond the {dev.entry.events} events "
                                        f"MAPD gave DeviceID {cmd.device_id:#x}")  # fmt: skip
-        self._check_pintid(pintid, phys_oor)
-        old = dev.events.get(cmd.event_id) or InterruptEntry.decode(
-            self.memory.read64(self._ite_address(dev, cmd.event_id))
-        )
+        self._check_pintid(pintid, cmd.icid, phys_oor)
+        old = dev.events.get(cmd.event_id) or self._read_ite(self._ite_address(dev, cmd.event_id))
         if old is not None:
             self._diag(f"{cmd.name} of DeviceID {cmd.device_id:#x} EventID {cmd.event_id}, already mapped to "
                        f"LPI {old.pintid}: UNPREDICTABLE, mapping replaced", "IHI0069 6.3.10")  # fmt: skip
@@ -792,7 +939,9 @@ class Its:
         if old_rd is not new_rd:
             old_rd.move_pending_to(new_rd, [ite.pintid])
         self._write_ite(dev, cmd.device_id, cmd.event_id, InterruptEntry(ite.pintid, cmd.icid))
-        self._unsynced.add(new_rd.index)
+        # The move completes with a SYNC of the redistributor the LPI moved *from* (as Linux
+        # sends it); one to the new target is not what the architecture asks for.
+        self._unsynced.add(old_rd.index)
 
     def MOVALL(self, cmd: C.Movall) -> None:
         """Move every pending LPI of RDbase1 to RDbase2, ORed into its state (6.3.12)."""
@@ -861,7 +1010,7 @@ class Its:
                                  "while the ITS used it")  # fmt: skip
                     continue
                 for ev, ite in list(dev.events.items()):
-                    if InterruptEntry.decode(self.memory.read64(self._ite_address(dev, ev))) != ite:
+                    if self._read_ite(self._ite_address(dev, ev)) != ite:
                         found.append(f"the ITT entry of DeviceID {dev_id:#x} EventID {ev} was written by the "
                                      "guest while the ITS used it")  # fmt: skip
             except (_Miss, MemoryFault):

@@ -1,11 +1,15 @@
 """ITS tables in guest memory: device table, collection table, ITTs (IHI 0069 5.2).
 
 The architecture leaves entry formats IMPLEMENTATION DEFINED and shows software only
-GITS_BASER<n>.Entry_Size. vgic uses 8-byte entries (docs/tables.md):
+GITS_BASER<n>.Entry_Size and GITS_TYPER.ITT_entry_size. vgic's formats (docs/tables.md),
+in the first 8 bytes of entries of 8 bytes or more (the rest is zero):
 
 * DTE  [63] V, [48:5] ITT_addr[51:8], [4:0] Size (EventID bits - 1)
 * CTE  [63] V, [35:0] RDbase (processor number, or PA[51:16] when GITS_TYPER.PTA=1)
-* ITE  [63] V, [47:16] pINTID, [15:0] ICID      (ITT entry size: GITS_TYPER.ITT_entry_size)
+* ITE  [63] V, [47:16] pINTID, [15:0] ICID
+
+and, for the compact entries some implementations use (GIC-600: 4-byte ITEs, 2-byte CTEs),
+V in the entry's top bit with the fields packed below it (:class:`EntryLayout`).
 
 The walks here only compute addresses and encode/decode entries; they read and write
 guest memory and let :class:`~vgic.memory.MemoryFault` through to the ITS, which turns it
@@ -118,3 +122,62 @@ def decode_collection(raw: int) -> int | None:
     if not raw >> 63:
         return None
     return raw & ((1 << 36) - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class EntryLayout:
+    """Entry sizes of one ITS and how its ITEs and CTEs are packed into them.
+
+    Entries of 8 bytes or more use the formats above. A compact ITE (fewer than 8 bytes)
+    is ``[8*size-1] V, [icid_bits+idbits-1 : icid_bits] pINTID, [icid_bits-1:0] ICID``; a
+    compact CTE is ``[8*size-1] V, [8*size-2:0] RDbase``. :meth:`check` says whether the
+    IDs the ITS reports (GITS_TYPER) fit the chosen sizes.
+    """
+
+    ite_size: int = 12
+    cte_size: int = 8
+    dte_size: int = 8
+    idbits: int = 16  # GITS_TYPER.ID_bits: a pINTID is below 2^idbits
+    icid_bits: int = 16  # bits of an ICID (CIDbits, or 16 with CIL=0)
+
+    def check(self, rdbase_bits: int) -> str | None:
+        """Why these sizes cannot hold the IDs, or None when they can."""
+        if self.dte_size < 8:
+            return "device table entries need 8 bytes"
+        if self.ite_size < 8 and 1 + self.idbits + self.icid_bits > 8 * self.ite_size:
+            return f"a {self.ite_size}-byte ITE cannot hold {self.idbits} ID bits and {self.icid_bits} ICID bits"
+        if self.cte_size < 8 and 1 + rdbase_bits > 8 * self.cte_size:
+            return f"a {self.cte_size}-byte CTE cannot hold a {rdbase_bits}-bit RDbase"
+        return None
+
+    @staticmethod
+    def read_size(size: int) -> int:
+        """How many bytes of an entry hold its fields."""
+        return min(size, 8)
+
+    def encode_ite(self, ite: InterruptEntry) -> int:
+        if self.ite_size >= 8:
+            return ite.encode()
+        icid_mask = (1 << self.icid_bits) - 1
+        pintid = ite.pintid & ((1 << self.idbits) - 1)
+        return 1 << (8 * self.ite_size - 1) | pintid << self.icid_bits | (ite.icid & icid_mask)
+
+    def decode_ite(self, raw: int) -> InterruptEntry | None:
+        if self.ite_size >= 8:
+            return InterruptEntry.decode(raw)
+        if not raw >> (8 * self.ite_size - 1) & 1:
+            return None
+        pintid = raw >> self.icid_bits & ((1 << self.idbits) - 1)
+        return InterruptEntry(pintid, raw & ((1 << self.icid_bits) - 1))
+
+    def encode_cte(self, rdbase: int) -> int:
+        if self.cte_size >= 8:
+            return encode_collection(rdbase)
+        top = 8 * self.cte_size - 1
+        return 1 << top | (rdbase & ((1 << top) - 1))
+
+    def decode_cte(self, raw: int) -> int | None:
+        if self.cte_size >= 8:
+            return decode_collection(raw)
+        top = 8 * self.cte_size - 1
+        return raw & ((1 << top) - 1) if raw >> top & 1 else None

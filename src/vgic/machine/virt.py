@@ -16,18 +16,19 @@ import select
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from vgic.events import EventLog, Kind
 from vgic.gicv3.gic import Gic, GicConfig
-from vgic.its.its import ItsConfig
+from vgic.its.its import ErrorPolicy
 from vgic.machine import fdt, psci
 from vgic.machine.cpu import Cpu, CpuState, GuestCrash
 from vgic.machine.loader import ImageError, load_image
 from vgic.machine.pl011 import PL011_SIZE, Pl011
 from vgic.machine.timer import CNTFRQ
 from vgic.memory import GuestMemory
+from vgic.profiles import DEFAULT_PROFILE, gic_config
 
 RAM_BASE = 0x4000_0000
 FLASH_BASE = 0x0  # two 64 MiB flash banks, as QEMU's virt: firmware, then variables
@@ -52,7 +53,8 @@ class ExitStatus(enum.IntEnum):
 class MachineConfig:
     memory: int = 512 << 20
     smp: int = 1
-    its: ItsConfig = field(default_factory=ItsConfig)
+    profile: str = DEFAULT_PROFILE  # vgic.profiles: the GIC's IMPLEMENTATION DEFINED choices
+    its_errors: ErrorPolicy | None = None  # overrides the profile's ITS error policies
     bootargs: str = ""
     psci_conduit: str = "hvc"
     slice: int = DEFAULT_SLICE
@@ -93,7 +95,9 @@ class VirtMachine:
         output: Callable[[bytes], None] | None = None,
         log: EventLog | None = None,
         bios: bytes | None = None,
+        gic: GicConfig | None = None,
     ) -> None:
+        """``gic`` replaces the configuration built from ``config.profile`` (a restore)."""
         self.config = cfg = config or MachineConfig()
         if not 1 <= cfg.smp <= 64:
             raise ValueError("--smp must be 1 to 64")
@@ -105,7 +109,11 @@ class VirtMachine:
             self.memory.add_ram(FLASH_BASE, 2 * FLASH_SIZE)
             self.memory.write_bytes(FLASH_BASE, bios)
         self.log = log or EventLog.quiet()
-        self.gic = Gic(self.memory, GicConfig(num_cpus=cfg.smp, its=(cfg.its,)), self.log)
+        if gic is None:
+            gic = gic_config(cfg.profile, cfg.smp, cfg.its_errors)
+        elif gic.num_cpus != cfg.smp:
+            raise ValueError("the GIC configuration has a different number of CPUs")
+        self.gic = Gic(self.memory, gic, self.log)
         self._out = output or _stdout
         self.uart = Pl011(self.log, self._tx, lambda level: self.gic.set_spi(32 + fdt.PL011_SPI, level))
         self.psci_conduit = cfg.psci_conduit
@@ -132,14 +140,12 @@ class VirtMachine:
 
     # == save/restore (vgic.snapshot) ===============================================
     def save_state(self) -> dict[str, Any]:
-        from vgic.snapshot import its_config_to_dict
-
         cfg = self.config
         return {
             "config": {
                 "memory": cfg.memory,
                 "smp": cfg.smp,
-                "its": its_config_to_dict(cfg.its),
+                "gic": self.gic.config.to_dict(),
                 "bootargs": cfg.bootargs,
                 "psci_conduit": cfg.psci_conduit,
                 "slice": cfg.slice,
@@ -157,18 +163,17 @@ class VirtMachine:
         cls, state: dict[str, Any], output: Callable[[bytes], None] | None = None, log: EventLog | None = None
     ) -> VirtMachine:
         """An empty machine configured as the one a snapshot was taken of."""
-        from vgic.snapshot import its_config_from_dict
-
         c = state["config"]
+        gic = GicConfig.from_dict(c["gic"])
         config = MachineConfig(
             memory=int(c["memory"]),
             smp=int(c["smp"]),
-            its=its_config_from_dict(c["its"]),
+            profile=gic.profile,
             bootargs=str(c["bootargs"]),
             psci_conduit=str(c["psci_conduit"]),
             slice=int(c["slice"]),
         )
-        return cls(config, output=output, log=log, bios=b"" if c["flash"] else None)
+        return cls(config, output=output, log=log, bios=b"" if c["flash"] else None, gic=gic)
 
     def load_state(self, state: dict[str, Any]) -> None:
         counter = int(state["counter"])

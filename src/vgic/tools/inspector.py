@@ -13,7 +13,7 @@ from vgic.gicv3.gic import Gic
 from vgic.gicv3.redistributor import LPI_BASE
 from vgic.its.its import Its
 from vgic.its.registers import BASER_TYPE_COLLECTION, BASER_TYPE_DEVICE
-from vgic.its.tables import L1_ENTRY_SIZE, DeviceEntry, InterruptEntry, TableGeometry, decode_collection
+from vgic.its.tables import L1_ENTRY_SIZE, DeviceEntry, TableGeometry
 from vgic.memory import GuestMemory, MemoryFault
 
 BASER_TYPES = {0: "none", 1: "Device", 2: "vPE", 4: "Collection"}
@@ -43,7 +43,7 @@ def _entries(mem: GuestMemory, geo: TableGeometry, limit: int) -> tuple[list[tup
         if not any(data):
             continue
         for k in range(per_page):
-            raw = int.from_bytes(data[k * geo.entry_size : k * geo.entry_size + 8], "little")
+            raw = int.from_bytes(data[k * geo.entry_size : k * geo.entry_size + min(geo.entry_size, 8)], "little")
             if raw:
                 out.append((first + k, raw))
         scanned += per_page
@@ -90,7 +90,7 @@ def its_report(gic: Gic, its: Its, limit: int = 1 << 20) -> list[str]:
     if ct is not None:
         entries, capped = _entries(mem, ct, limit)
         for i, raw in entries:
-            found = decode_collection(raw)
+            found = its.layout.decode_cte(raw)
             if found is not None:
                 collections[i + its.typer.hcc] = found
     lines.append("-- collections")
@@ -115,7 +115,7 @@ def its_report(gic: Gic, its: Its, limit: int = 1 << 20) -> list[str]:
         cached = its.cached_device(dev_id)
         stale = "" if cached is None or cached == dte else "  !! host cache differs from memory"
         lines.append(f"DeviceID {dev_id:#x}: ITT {dte.itt_addr:#x}, {dte.events} events{stale}")
-        ite_size = its.typer.itt_entry_size
+        ite_size = its.layout.ite_size
         n = min(dte.events, limit)
         try:
             data = mem.read_bytes(dte.itt_addr, n * ite_size)
@@ -123,7 +123,9 @@ def its_report(gic: Gic, its: Its, limit: int = 1 << 20) -> list[str]:
             lines.append("   (ITT outside RAM)")
             continue
         for ev in range(n):
-            ite = InterruptEntry.decode(int.from_bytes(data[ev * ite_size : ev * ite_size + 8], "little"))
+            ite = its.layout.decode_ite(
+                int.from_bytes(data[ev * ite_size : ev * ite_size + min(ite_size, 8)], "little")
+            )
             if ite is None:
                 continue
             cpu = cpu_of.get(ite.icid)
@@ -135,7 +137,13 @@ def its_report(gic: Gic, its: Its, limit: int = 1 << 20) -> list[str]:
 
 def report(gic: Gic, limit: int = 1 << 20) -> str:
     """Everything: every ITS, then every redistributor's LPI state."""
-    lines: list[str] = []
+    its_cfg = gic.config.its[0] if gic.config.its else None
+    policies = (
+        f" (command errors: {its_cfg.error_policy.value}, memory faults: {its_cfg.memory_fault_policy.value})"
+        if its_cfg is not None
+        else ""
+    )
+    lines: list[str] = [f"profile: {gic.config.profile}{policies}"]
     for its in gic.its:
         lines += its_report(gic, its, limit)
     lines.append("== redistributors")

@@ -23,11 +23,22 @@ def _shape(message: str) -> str:
 
 
 def report(log: EventLog, gic: Gic | None = None) -> str:
+    """The report text. Under a profile whose diagnostics are errors (``strict``), every
+    diagnostic is listed as an error and counted in the closing total."""
+    from vgic.profiles import PROFILES
+
+    strict = False
+    lines: list[str] = []
     if gic is not None:
         for its in gic.its:
             with its.lock:
                 its.verify_caches()
-    lines: list[str] = []
+        known = PROFILES.get(gic.config.profile)
+        strict = known is not None and known.diagnostics_are_errors
+        if gic.config.its:
+            c = gic.config.its[0]
+            lines.append(f"profile: {gic.config.profile} (ITS command errors: {c.error_policy.value}, "
+                         f"memory faults: {c.memory_fault_policy.value})")  # fmt: skip
     errors = log.of(Kind.COMMAND_ERROR)
     counts = log.counts
     lines.append(f"ITS command errors: {counts[Kind.COMMAND_ERROR]}")
@@ -39,12 +50,14 @@ def report(log: EventLog, gic: Gic | None = None) -> str:
             lines.append(f"      rule: {ev.rule}")
     if counts[Kind.COMMAND_ERROR] > len(errors):
         lines.append(f"  ({counts[Kind.COMMAND_ERROR] - len(errors)} older errors left the log)")
+    diagnostics = 0
     for title, kinds in (("Questionable guest actions", (Kind.DIAGNOSTIC,)),
                          ("MSIs that were not translated", (Kind.TRANSLATION_FAULT,)),
                          ("LPIs the redistributors ignored", (Kind.LPI_DROPPED,))):  # fmt: skip
         events = log.of(*kinds)
         total = sum(counts[k] for k in kinds)
-        lines.append(f"{title}: {total}")
+        diagnostics += total
+        lines.append(f"{title}{' (errors under the strict profile)' if strict else ''}: {total}")
         groups: Counter[tuple[str, str, str]] = Counter()
         first: dict[tuple[str, str, str], str] = {}
         for ev in events:
@@ -58,5 +71,7 @@ def report(log: EventLog, gic: Gic | None = None) -> str:
         for key, n in groups.most_common():
             times = f" x{n}" if n > 1 else ""
             rule = f" [{key[2]}]" if key[2] else ""
-            lines.append(f"  {key[0]}: {first[key]}{times}{rule}")
+            lines.append(f"  {'error: ' if strict else ''}{key[0]}: {first[key]}{times}{rule}")
+    if strict:
+        lines.append(f"Errors in all (strict): {counts[Kind.COMMAND_ERROR] + diagnostics}")
     return "\n".join(lines)
