@@ -396,6 +396,7 @@ class PciFunction:
         return self.bar_read(index, offset, size)
 
     def mmio_write(self, index: int, offset: int, size: int, value: int) -> None:
+        value &= (1 << (8 * size)) - 1
         if self.msix_offset is not None and index == self.msix_bar:
             t = offset - self.msix_table
             if 0 <= t < len(self._msix_entries):

@@ -795,7 +795,7 @@ class Nvme(PciFunction):
 
     # == asynchronous events (5.2) ==============================================================
     def _async_event(self, info: int) -> None:
-        if self.event_masked or info in self.events:
+        if info in self.events:  # at most one of each kind waits (bounded)
             return
         self.events.append(info)
         self._deliver_events()
