@@ -390,3 +390,104 @@ def test_the_host_regions_are_qemus_layout(env) -> None:
     bases = [(b, s) for b, s, _, _ in host.regions]
     assert bases == [(ECAM_BASE, 0x1000_0000), (0x1000_0000, 0x2EFF_0000), (0x3EFF_0000, 0x10000),
                      (0x80_0000_0000, 0x80_0000_0000)]  # fmt: skip
+
+
+# -- the ITS command counts in the report ---------------------------------------------------------
+
+
+def test_report_counts_the_commands_per_command() -> None:
+    from vgic.tools.report import report
+
+    mem = GuestMemory()
+    mem.add_ram(RAM, 64 << 20)
+    gic = Gic(mem, GicConfig(num_cpus=2), EventLog.quiet())
+    d = ItsDriver(gic, Allocator(RAM, 32 << 20))
+    d.setup_lpis()
+    d.setup_its()
+    d.map_device(8, 2)
+    d.send(C.Mapc(0, 0, True), C.Mapti(8, 0, LPI, 0), C.Sync(0), C.Inv(8, 0), C.Sync(0), C.Movi(8, 0, 0))
+    text = report(gic.log, gic)
+    assert "ITS commands executed: 7" in text
+    assert "  its0: INV x1, MAPC x1, MAPD x1, MAPTI x1, MOVI x1, SYNC x2" in text
+
+
+# -- the example device (docs/pci.md) --------------------------------------------------------------
+
+
+def test_the_example_echo_device_copies_and_signals_through_the_its() -> None:
+    from vgic.pci.examples.echo import DONE, DST, GO, LEN, SRC, EchoDevice
+
+    mem = GuestMemory()
+    mem.add_ram(RAM, 64 << 20)
+    gic = Gic(mem, GicConfig(num_cpus=2), EventLog())
+    d = ItsDriver(gic, Allocator(RAM + (32 << 20), 16 << 20))
+    d.setup_lpis()
+    d.setup_its()
+    host = PcieHost(mem, gic.log, Fabric(mem, gic.log, gic), gic.set_spi)
+    echo = host.plug(EchoDevice())
+    slot = echo.devfn >> 3
+    # the guest: assign BARs, enable memory and bus mastering, MSI-X vector 2 -> EventID 2
+    assign(host, slot)
+    cap = msix_setup(host, slot)
+    host.mem_write(MMIO64_BASE + 32, 4, ITS_TRANSLATER)
+    host.mem_write(MMIO64_BASE + 40, 4, 2)
+    unmask(host, 2)
+    d.map_device(echo.requester_id, 2)
+    d.send(C.Mapc(1, 1, True), C.Mapti(echo.requester_id, 2, LPI + 9, 1), C.Sync(1))
+    d.configure_lpi(LPI + 9)
+    d.send(C.Inv(echo.requester_id, 2), C.Sync(1))
+    host.ecam_write(cfg(slot, cap + 2), 2, 1 << 15)
+    mem.write_bytes(RAM + 0x1000, b"echo, echo")
+    for reg, value in ((SRC, RAM + 0x1000), (SRC + 4, 0), (DST, RAM + 0x2000), (DST + 4, 0), (LEN, 10), (GO, 2)):
+        host.mem_write(MMIO32_BASE + reg, 4, value)
+    assert mem.read_bytes(RAM + 0x2000, 10) == b"echo, echo"
+    assert host.mem_read(MMIO32_BASE + DONE, 4) == 1
+    assert d.drain(1) == [LPI + 9]
+    host.mem_write(MMIO32_BASE + LEN, 4, 1 << 20)  # too long: refused with a diagnostic
+    host.mem_write(MMIO32_BASE + GO, 4, 2)
+    assert host.mem_read(MMIO32_BASE + DONE, 4) == 1
+    assert any("refused" in e.message for e in gic.log.of(Kind.DIAGNOSTIC))
+
+
+# -- vgic run: --nvme, -drive/-device, --pci -----------------------------------------------------
+
+# movz x0, #8; movk x0, #0x8400, lsl #16; hvc #0 (PSCI SYSTEM_OFF)
+OFF = bytes.fromhex("000180d2") + (0xF2B08000).to_bytes(4, "little") + (0xD4000002).to_bytes(4, "little")
+
+
+def test_vgic_run_plugs_disks_and_python_devices(tmp_path, capsys) -> None:
+    from vgic import cli
+
+    image = tmp_path / "off.bin"
+    image.write_bytes(OFF)
+    disk = tmp_path / "d.img"
+    disk.write_bytes(bytes(1 << 16))
+    example = "vgic.pci.examples.echo:EchoDevice"
+    argv = ["run", "--nvme", str(disk), "-drive", f"file={disk},if=none,id=d0,format=raw",
+            "-device", "nvme,drive=d0,serial=abc", "--pci", example, "--timeout", "30", str(image)]  # fmt: skip
+    assert cli.main(argv) == 0
+    args = cli.argparse.Namespace(nvme=[str(disk)], drive=[f"file={disk},if=none,id=d0"],
+                                  device=["nvme,drive=d0,serial=abc"])  # fmt: skip
+    assert cli.nvme_disks(args) == [(str(disk), "vgic-nvme0", False), (str(disk), "abc", False)]
+    assert type(cli.load_device(example)).__name__ == "EchoDevice"
+
+
+@pytest.mark.parametrize("extra", [
+    ["-drive", "file=x.img,if=virtio,id=d0", "-device", "nvme,drive=d0"],
+    ["-drive", "file=x.img,if=none,id=d0,format=qcow2", "-device", "nvme,drive=d0"],
+    ["-drive", "file=x.img,if=none,id=d0"],
+    ["-device", "nvme,drive=nope"],
+    ["-device", "virtio-blk,drive=d0", "-drive", "file=x.img,if=none,id=d0"],
+    ["-drive", "file=x.img,if=none,id=d0,cache=none", "-device", "nvme,drive=d0"],
+    ["--pci", "no.such.module:Thing"],
+    ["--pci", "vgic.pci.examples.echo"],
+    ["--pci", "vgic.pci.examples.echo:MAX_COPY"],
+])  # fmt: skip
+def test_bad_device_specs_are_one_line_errors_with_status_2(tmp_path, capsys, extra) -> None:
+    from vgic import cli
+
+    image = tmp_path / "off.bin"
+    image.write_bytes(OFF)
+    assert cli.main(["run", *extra, str(image)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vgic run: error: ") and "\n" not in err

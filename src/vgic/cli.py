@@ -115,6 +115,8 @@ def _build(args: argparse.Namespace) -> Any:
     bios = _read(args.bios, "firmware")
     machine = VirtMachine(config, bios=bios)
     _plug_disks(machine, nvme_disks(args))
+    for spec in args.pci or []:
+        machine.pci.plug(load_device(spec))
     dtb = _read(args.dtb, "device tree")
     if args.image is None and bios is None:
         raise ImageError("give an IMAGE to run, --bios FIRMWARE, or --restore SNAPSHOT")
@@ -125,6 +127,34 @@ def _build(args: argparse.Namespace) -> Any:
     else:
         machine.boot_bios(dtb)
     return machine
+
+
+def load_device(spec: str) -> Any:
+    """``MODULE:FACTORY`` (a dotted module name or a .py file): ``FACTORY()`` gives a
+    PciFunction to plug in (docs/pci.md)."""
+    import importlib
+    import importlib.util
+
+    from vgic.pci.function import PciFunction
+
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise SpecError(f"--pci '{spec}': expected MODULE:FACTORY")
+    try:
+        if module_name.endswith(".py"):
+            loader_spec = importlib.util.spec_from_file_location(Path(module_name).stem, module_name)
+            if loader_spec is None or loader_spec.loader is None:
+                raise ImportError(f"cannot load {module_name}")
+            module = importlib.util.module_from_spec(loader_spec)
+            loader_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+        device = getattr(module, attr)()
+    except Exception as e:  # a user's module: any failure is a bad option
+        raise SpecError(f"--pci '{spec}': {type(e).__name__}: {e}") from None
+    if not isinstance(device, PciFunction):
+        raise SpecError(f"--pci '{spec}': {attr}() did not return a vgic.pci.function.PciFunction")
+    return device
 
 
 def _plug_disks(machine: Any, disks: list[tuple[str, str, bool]]) -> None:
@@ -153,11 +183,14 @@ def _run(args: argparse.Namespace) -> int:
     except SpecError as e:
         print(f"vgic run: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    if args.restore and (args.nvme or args.drive or args.device):
+    if args.restore and (args.nvme or args.drive or args.device or args.pci):
         print("vgic run: error: disks cannot be added to a restored machine", file=sys.stderr)
         return EXIT_USAGE
     try:
         machine = _build(args)
+    except SpecError as e:
+        print(f"vgic run: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except (ImageError, ValueError, snapshot.SnapshotError) as e:
         print(f"vgic: {e}", file=sys.stderr)
         return EXIT_ERROR
@@ -363,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("-drive", action="append", metavar="SPEC",
                      help="QEMU's spelling: file=FILE,if=none,id=ID,format=raw (with -device nvme,drive=ID)")  # fmt: skip
     run.add_argument("-device", action="append", metavar="SPEC", help="QEMU's spelling: nvme,drive=ID[,serial=S]")
+    run.add_argument("--pci", action="append", metavar="MODULE:FACTORY",
+                     help="plug in a Python PCI device: FACTORY() from MODULE (dotted name or .py file)")  # fmt: skip
 
     dec = sub.add_parser("decode", help="disassemble an ITS command queue")
     dec.add_argument("file", nargs="?", help="a file of 32-byte commands or a memory dump")
