@@ -183,8 +183,9 @@ def _run(args: argparse.Namespace) -> int:
     except SpecError as e:
         print(f"vgic run: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    if args.restore and (args.nvme or args.drive or args.device or args.pci):
-        print("vgic run: error: disks cannot be added to a restored machine", file=sys.stderr)
+    if (args.restore or args.snapshot_on or args.migrate_on) and (args.nvme or args.drive or args.device or args.pci):
+        print("vgic run: error: snapshots do not hold PCI device state: no --nvme, -device or --pci with "
+              "--restore, --snapshot-on or --migrate-on", file=sys.stderr)  # fmt: skip
         return EXIT_USAGE
     try:
         machine = _build(args)
