@@ -103,7 +103,7 @@ def interrupts(console: str) -> dict[str, list[int]]:
     """nvme0qN -> per-CPU counts, from the /proc/interrupts the guest printed last."""
     out: dict[str, list[int]] = {}
     for line in console.splitlines():
-        m = re.match(r"\s*\d+:\s+((?:\d+\s+){%d})ITS-MSI\s+\d+\s+Edge\s+(nvme0q\d+)" % SMP, line)
+        m = re.match(r"\s*\d+:\s+((?:\d+\s+){" + str(SMP) + r"})ITS-MSI\s+\d+\s+Edge\s+(nvme0q\d+)", line)
         if m:
             out[m.group(2)] = [int(x) for x in m.group(1).split()]
     return out
@@ -118,7 +118,7 @@ def check_layout(console: str, image_md5: str) -> dict[str, list[int]]:
     for n in range(1, SMP + 1):
         counts = irqs[f"nvme0q{n}"]
         assert counts[n - 1] >= 512 and sum(counts) == counts[n - 1], (n, counts)  # only its own CPU
-    before = re.search(r"admin-before:\s*\d+:\s+((?:\d+\s+){%d})" % SMP, console)
+    before = re.search(r"admin-before:\s*\d+:\s+((?:\d+\s+){" + str(SMP) + "})", console)
     assert before is not None
     admin_before = [int(x) for x in before.group(1).split()]
     assert irqs["nvme0q0"][2] > admin_before[2]  # the rescan's completions came to CPU 2
