@@ -256,13 +256,13 @@ def test_hvc_that_is_not_psci_is_undefined() -> None:
 
 @needs_cross
 def test_data_abort_outside_ram_sets_esr_and_far() -> None:
-    g = Guest("main:\n    ldr x1, =0x20000010\n    str x2, [x1]\n    b .\n")
+    g = Guest("main:\n    ldr x1, =0x0C000010\n    str x2, [x1]\n    b .\n")
     g.off()
     esr = g.x(20)
     assert _ec(esr) == 0x25  # data abort, current EL
     assert esr & 1 << 6  # WnR: a write
     assert esr & 0x3F == 0x10  # DFSC: synchronous external abort
-    assert g.x(23) == 0x20000010
+    assert g.x(23) == 0x0C000010
     assert g.x(21) == word_at(g, 0xF9000022)  # str x2, [x1]
 
 

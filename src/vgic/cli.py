@@ -15,6 +15,67 @@ from pathlib import Path
 from typing import Any
 
 EXIT_ERROR = 1
+EXIT_USAGE = 2  # what argparse exits with on a bad command line
+
+
+class SpecError(ValueError):
+    """A bad -drive/-device/--nvme specification (exit status 2, one line)."""
+
+
+def _options(text: str, what: str, first: str | None = None) -> dict[str, str]:
+    """QEMU's ``key=value,key=value`` option syntax; ``first`` names a leading bare word."""
+    out: dict[str, str] = {}
+    for i, item in enumerate(text.split(",")):
+        if "=" not in item:
+            if i == 0 and first is not None and item:
+                out[first] = item
+                continue
+            raise SpecError(f"{what} '{text}': '{item}' is not key=value")
+        key, value = item.split("=", 1)
+        if not key or key in out:
+            raise SpecError(f"{what} '{text}': {'empty' if not key else 'repeated'} key '{key}'")
+        out[key] = value
+    return out
+
+
+def nvme_disks(args: argparse.Namespace) -> list[tuple[str, str, bool]]:
+    """(image, serial, read-only) per NVMe disk from --nvme and QEMU's -drive/-device."""
+    disks = [(path, f"vgic-nvme{n}", False) for n, path in enumerate(args.nvme or [])]
+    drives: dict[str, dict[str, str]] = {}
+    for text in args.drive or []:
+        d = _options(text, "-drive")
+        unknown = set(d) - {"file", "if", "id", "format", "readonly"}
+        if unknown:
+            raise SpecError(f"-drive '{text}': unsupported option {sorted(unknown)[0]}")
+        if "file" not in d or "id" not in d:
+            raise SpecError(f"-drive '{text}': needs file= and id=")
+        if d.get("if", "none") != "none":
+            raise SpecError(f"-drive '{text}': only if=none is supported (attach it with -device nvme,drive=ID)")
+        if d.get("format", "raw") != "raw":
+            raise SpecError(f"-drive '{text}': only format=raw is supported")
+        if d.get("readonly", "off") not in ("on", "off"):
+            raise SpecError(f"-drive '{text}': readonly is on or off")
+        if d["id"] in drives:
+            raise SpecError(f"-drive '{text}': id '{d['id']}' is used twice")
+        drives[d["id"]] = d
+    used: set[str] = set()
+    for text in args.device or []:
+        d = _options(text, "-device", first="driver")
+        if d.get("driver") != "nvme":
+            raise SpecError(f"-device '{text}': only the nvme device is supported")
+        unknown = set(d) - {"driver", "drive", "serial"}
+        if unknown:
+            raise SpecError(f"-device '{text}': unsupported option {sorted(unknown)[0]}")
+        drive = drives.get(d.get("drive", ""))
+        if drive is None:
+            raise SpecError(f"-device '{text}': drive= must name a -drive id")
+        if drive["id"] in used:
+            raise SpecError(f"-device '{text}': drive '{drive['id']}' is already attached")
+        used.add(drive["id"])
+        disks.append((drive["file"], d.get("serial", f"vgic-nvme{len(disks)}"), drive.get("readonly") == "on"))
+    for drive_id in drives.keys() - used:
+        raise SpecError(f"-drive id={drive_id} is not attached to any -device")
+    return disks
 
 
 def _size(text: str) -> int:
@@ -54,6 +115,9 @@ def _build(args: argparse.Namespace) -> Any:
     )
     bios = _read(args.bios, "firmware")
     machine = VirtMachine(config, bios=bios)
+    _plug_disks(machine, nvme_disks(args))
+    for spec in args.pci or []:
+        machine.pci.plug(load_device(spec))
     dtb = _read(args.dtb, "device tree")
     if args.image is None and bios is None:
         raise ImageError("give an IMAGE to run, --bios FIRMWARE, or --restore SNAPSHOT")
@@ -66,6 +130,46 @@ def _build(args: argparse.Namespace) -> Any:
     return machine
 
 
+def load_device(spec: str) -> Any:
+    """``MODULE:FACTORY`` (a dotted module name or a .py file): ``FACTORY()`` gives a
+    PciFunction to plug in (docs/pci.md)."""
+    import importlib
+    import importlib.util
+
+    from vgic.pci.function import PciFunction
+
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise SpecError(f"--pci '{spec}': expected MODULE:FACTORY")
+    try:
+        if module_name.endswith(".py"):
+            loader_spec = importlib.util.spec_from_file_location(Path(module_name).stem, module_name)
+            if loader_spec is None or loader_spec.loader is None:
+                raise ImportError(f"cannot load {module_name}")
+            module = importlib.util.module_from_spec(loader_spec)
+            loader_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+        device = getattr(module, attr)()
+    except Exception as e:  # a user's module: any failure is a bad option
+        raise SpecError(f"--pci '{spec}': {type(e).__name__}: {e}") from None
+    if not isinstance(device, PciFunction):
+        raise SpecError(f"--pci '{spec}': {attr}() did not return a vgic.pci.function.PciFunction")
+    return device
+
+
+def _plug_disks(machine: Any, disks: list[tuple[str, str, bool]]) -> None:
+    from vgic.machine.loader import ImageError
+    from vgic.pci.nvme import Disk, Nvme
+
+    for path, serial, read_only in disks:
+        try:
+            disk = Disk(path, read_only=read_only)
+        except OSError as e:
+            raise ImageError(f"cannot open disk image {path}: {e.strerror}") from None
+        machine.pci.plug(Nvme(disk, serial=serial))
+
+
 def _run(args: argparse.Namespace) -> int:
     import time
 
@@ -76,7 +180,19 @@ def _run(args: argparse.Namespace) -> int:
     from vgic.tools.trace import Tracer
 
     try:
+        nvme_disks(args)
+    except SpecError as e:
+        print(f"vgic run: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if (args.restore or args.snapshot_on or args.migrate_on) and (args.nvme or args.drive or args.device or args.pci):
+        print("vgic run: error: snapshots do not hold PCI device state: no --nvme, -device or --pci with "
+              "--restore, --snapshot-on or --migrate-on", file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
+    try:
         machine = _build(args)
+    except SpecError as e:
+        print(f"vgic run: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except (ImageError, ValueError, snapshot.SnapshotError) as e:
         print(f"vgic: {e}", file=sys.stderr)
         return EXIT_ERROR
@@ -283,6 +399,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--report-to", metavar="FILE", help="write that report to FILE instead")  # fmt: skip
     run.add_argument("--inspect", action="store_true", help="at exit, print the ITS tables and LPI state")
     run.add_argument("--decode", action="store_true", help="at exit, disassemble the ITS command queues")
+    run.add_argument("--nvme", action="append", metavar="FILE", help="an NVMe disk on a raw image FILE (PCIe)")
+    run.add_argument("-drive", action="append", metavar="SPEC",
+                     help="QEMU's spelling: file=FILE,if=none,id=ID,format=raw (with -device nvme,drive=ID)")  # fmt: skip
+    run.add_argument("-device", action="append", metavar="SPEC", help="QEMU's spelling: nvme,drive=ID[,serial=S]")
+    run.add_argument("--pci", action="append", metavar="MODULE:FACTORY",
+                     help="plug in a Python PCI device: FACTORY() from MODULE (dotted name or .py file)")  # fmt: skip
 
     dec = sub.add_parser("decode", help="disassemble an ITS command queue")
     dec.add_argument("file", nargs="?", help="a file of 32-byte commands or a memory dump")

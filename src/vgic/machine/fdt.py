@@ -14,6 +14,7 @@ import libfdt
 
 from vgic.gicv3.gic import GicConfig
 from vgic.gicv3.redistributor import RD_FRAME_SIZE
+from vgic.pci.host import HostLayout
 
 PL011_BASE = 0x0900_0000
 PL011_SPI = 1
@@ -37,6 +38,7 @@ class FdtOptions:
     bootargs: str = ""
     initrd: tuple[int, int] | None = None  # (start, end)
     psci_method: str = "hvc"
+    pcie: HostLayout | None = None  # the generic ECAM host bridge, when the machine has one
 
 
 def _cells(*values: int) -> bytes:
@@ -139,6 +141,9 @@ def build(opts: FdtOptions) -> bytes:
         sw.property_string("compatible", "virtio,mmio")
         sw.end_node()
 
+    if opts.pcie is not None and g.its:
+        _pcie(sw, opts.pcie)
+
     sw.begin_node("chosen")
     sw.property_string("stdout-path", f"/pl011@{PL011_BASE:x}")
     if opts.bootargs:
@@ -150,3 +155,39 @@ def build(opts: FdtOptions) -> bytes:
 
     sw.end_node()
     return bytes(sw.as_fdt().as_bytearray())
+
+
+def _pcie(sw: libfdt.FdtSw, lay: HostLayout) -> None:
+    """QEMU virt's ``pcie@10000000`` node: ECAM, ranges, msi-map onto the ITS, INTx map.
+
+    ``ranges`` entries are (PCI address: 3 cells, CPU address: 2, size: 2); the first PCI
+    cell's space code is 01 I/O, 10 32-bit memory, 11 64-bit memory (IEEE 1275 PCI binding).
+    ``interrupt-map`` gives INTA..INTD (1..4) of device slot s the SPI
+    ``intx_spi_base + (s + pin - 1) % 4``, level-high; the mask keeps slot bits 11..12.
+    """
+    sw.begin_node(f"pcie@{lay.mmio32_base:x}")
+    imap: list[int] = []
+    for slot in range(4):
+        for pin in range(1, 5):
+            spi = lay.intx_spi_base + (slot + pin - 1) % 4
+            imap += [slot << 11, 0, 0, pin, PHANDLE_INTC, 0, 0, GIC_SPI, spi, IRQ_LEVEL_HI]
+    sw.property("interrupt-map-mask", _cells(0x1800, 0, 0, 7))
+    sw.property("interrupt-map", _cells(*imap))
+    sw.property_u32("#interrupt-cells", 1)
+    ranges = [
+        (0x0100_0000, 0, lay.pio_base, lay.pio_size),
+        (0x0200_0000, lay.mmio32_base, lay.mmio32_base, lay.mmio32_size),
+        (0x0300_0000, lay.mmio64_base, lay.mmio64_base, lay.mmio64_size),
+    ]
+    sw.property("ranges", b"".join(_cells(space, pci >> 32, pci & 0xFFFFFFFF) + _reg(cpu, size)
+                                   for space, pci, cpu, size in ranges))  # fmt: skip
+    sw.property("reg", _reg(lay.ecam_base, lay.ecam_size))
+    sw.property("msi-map", _cells(0, PHANDLE_ITS, 0, 0x10000))
+    sw.property("dma-coherent", b"")
+    sw.property("bus-range", _cells(0, lay.buses - 1))
+    sw.property_u32("linux,pci-domain", 0)
+    sw.property_u32("#size-cells", 2)
+    sw.property_u32("#address-cells", 3)
+    sw.property_string("device_type", "pci")
+    sw.property_string("compatible", "pci-host-ecam-generic")
+    sw.end_node()

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 from vgic.events import EventLog, Kind
 from vgic.gicv3.gic import Gic, GicConfig
 from vgic.its.its import ErrorPolicy
-from vgic.machine import fdt, psci
+from vgic.machine import fdt, pci, psci
 from vgic.machine.cpu import Cpu, CpuState, GuestCrash
 from vgic.machine.loader import ImageError, load_image
 from vgic.machine.pl011 import PL011_SIZE, Pl011
@@ -125,6 +125,9 @@ class VirtMachine:
             (FW_CFG_BASE, 0x1000, _raz, _wi),
             (fdt.VIRTIO_BASE, fdt.VIRTIO_SLOTS * fdt.VIRTIO_SLOT_SIZE, _raz, _wi),
         ]
+        # Devices with deferred work: called between scheduling rounds; True = did some work.
+        self.pollers: list[Callable[[], bool]] = []
+        self.pci = pci.attach(self)  # the PCIe host: ECAM and windows join self.mmio
         self.cpus = [Cpu(self, i) for i in range(cfg.smp)]
         self._stop: _Stop | None = None
         self.exceptions = 0
@@ -243,6 +246,7 @@ class VirtMachine:
                 bootargs=self.config.bootargs,
                 initrd=initrd,
                 psci_method=self.psci_conduit,
+                pcie=self.pci.layout,
             )
         )
 
@@ -353,6 +357,8 @@ class VirtMachine:
                     self.pause_requested = False
                     raise _Stop(ExitStatus.PAUSED, "paused")
             rounds += 1
+            for poll in self.pollers:
+                ran = poll() or ran
             if rounds % 16 == 0:
                 self._poll_input()
             if timeout is not None and time.monotonic() - start > timeout:

@@ -1,7 +1,7 @@
 """The exit report for driver writers: every architected error and questionable sequence.
 
 Built from the :class:`~vgic.events.EventLog`: command errors with their code, queue
-offset, command and explanation; then the diagnostics (UNPREDICTABLE or suspicious guest
+offset, command and explanation; the commands executed, counted per command; then the diagnostics (UNPREDICTABLE or suspicious guest
 actions: commands while disabled, tables written while in use, MAPTI over a mapping, INT
 to a disabled LPI, MSIs with no SYNC after mapping changes, bad register accesses),
 grouped with counts, each with the spec rule. The ITSes' caches are checked against guest
@@ -20,6 +20,22 @@ from vgic.gicv3.gic import Gic
 def _shape(message: str) -> str:
     """A message with its numbers blanked, to group repeats."""
     return re.sub(r"0x[0-9a-fA-F]+|\d+", "#", message)
+
+
+def command_counts(log: EventLog) -> list[str]:
+    """Commands each ITS executed without error, per command, from the COMMAND events
+    (which EventLog.quiet() stores): what a driver actually sent."""
+    per_its: dict[str, Counter[str]] = {}
+    for ev in log.of(Kind.COMMAND):
+        per_its.setdefault(ev.source, Counter())[ev.message] += 1
+    total = log.counts[Kind.COMMAND]
+    lines = [f"ITS commands executed: {total}"]
+    for source, counts in sorted(per_its.items()):
+        lines.append(f"  {source}: " + ", ".join(f"{name} x{n}" for name, n in sorted(counts.items())))
+    stored = sum(sum(c.values()) for c in per_its.values())
+    if total > stored:
+        lines.append(f"  ({total - stored} older commands left the log)")
+    return lines
 
 
 def report(log: EventLog, gic: Gic | None = None) -> str:
@@ -50,6 +66,7 @@ def report(log: EventLog, gic: Gic | None = None) -> str:
             lines.append(f"      rule: {ev.rule}")
     if counts[Kind.COMMAND_ERROR] > len(errors):
         lines.append(f"  ({counts[Kind.COMMAND_ERROR] - len(errors)} older errors left the log)")
+    lines += command_counts(log)
     diagnostics = 0
     for title, kinds in (("Questionable guest actions", (Kind.DIAGNOSTIC,)),
                          ("MSIs that were not translated", (Kind.TRANSLATION_FAULT,)),

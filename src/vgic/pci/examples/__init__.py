@@ -1,0 +1,1 @@
+"""Example devices built on :mod:`vgic.pci` (docs/pci.md)."""
