@@ -31,8 +31,8 @@ QEMU_MACHINE = ["-M", "virt,gic-version=3,its=on", "-cpu", "cortex-a57", "-nogra
 # Applets linked in /bin (all in Debian's busybox-static); /init may also run
 # `/bin/busybox --install -s` for the rest.
 APPLETS = (
-    "sh", "cat", "cut", "date", "dd", "echo", "grep", "head", "ls", "md5sum", "mkdir", "mount", "nproc", "poweroff",
-    "printf", "sed", "sleep", "sync", "taskset", "tr", "uname", "usleep", "wc", "yes",
+    "sh", "basename", "cat", "cut", "date", "dd", "echo", "grep", "head", "ls", "md5sum", "mkdir", "mount", "nproc",
+    "poweroff", "printf", "readlink", "sed", "sleep", "sync", "taskset", "tr", "uname", "usleep", "wc", "yes",
 )  # fmt: skip
 
 
@@ -185,7 +185,8 @@ if [ ! -b /dev/nvme0n1 ]; then
 fi
 cpus=$(nproc)
 lbs=$(cat /sys/block/nvme0n1/queue/logical_block_size)
-echo "$M ready cpus=$cpus lbs=$lbs bytes=$(( $(cat /sys/block/nvme0n1/size) * 512 ))"
+echo "$M ready cpus=$cpus lbs=$lbs bytes=$(( $(cat /sys/block/nvme0n1/size) * 512 ))" \\
+  "pci=$(basename "$(readlink -f /sys/class/nvme/nvme0/device)")"
 irqs start
 n=0
 while [ $n -lt $cpus ]; do
@@ -262,6 +263,7 @@ class NvmeRun:
     cpus: int = 0
     lbs: int = 0
     disk_bytes: int = 0
+    pci: str = ""  # the controller's PCI address, e.g. 0000:00:01.0
     irqs: dict[str, dict[str, IrqLine]] | None = None  # tag -> {name: line}: start, read<n>, admin-*
     reads: list[tuple[int, int, int, int]] | None = None  # (cpu, status, records, ns)
     md5: str | None = None
@@ -272,6 +274,12 @@ class NvmeRun:
     admin_new: int | None = None
     admin_now: str | None = None
     interrupts: dict[str, IrqLine] | None = None  # the whole /proc/interrupts at the end
+
+    @property
+    def requester_id(self) -> int:
+        """The controller's PCI requester ID, bus << 8 | device << 3 | function: its ITS DeviceID."""
+        bus, dev, fn = (int(x, 16) for x in re.split(r"[:.]", self.pci)[1:])
+        return bus << 8 | dev << 3 | fn
 
     @property
     def io_queues(self) -> list[str]:
@@ -326,6 +334,7 @@ def parse_nvme(transcript: str) -> NvmeRun:
         f = _fields(rest)
         if word == "ready":
             run.ready, run.cpus, run.lbs, run.disk_bytes = True, int(f["cpus"]), int(f["lbs"]), int(f["bytes"])
+            run.pci = f.get("pci", "")
         elif word in ("irqs", "interrupts"):
             end = f"{MARK} {word}-end"
             table = []
