@@ -215,7 +215,7 @@ echo "$M admin irq=$admin was=$eff new=$new now=$(cat /proc/irq/$admin/effective
 before=$(grep 'nvme0q0$' /proc/interrupts)
 echo 1 > /sys/class/nvme/nvme0/rescan_controller
 i=0
-while [ "$(grep 'nvme0q0$' /proc/interrupts)" = "$before" ] && [ $i -lt 100 ]; do usleep 20000; i=$((i + 1)); done
+while [ "$(grep 'nvme0q0$' /proc/interrupts)" = "$before" ] && [ $i -lt 250 ]; do usleep 40000; i=$((i + 1)); done
 usleep 200000
 irqs admin-after
 echo "$M interrupts"
