@@ -103,6 +103,26 @@ def test_busybox_initramfs_layout(tmp_path: Path) -> None:
     assert {"dev", "proc", "sys", "tmp", "sbin", "usr/bin"} <= {n for n, (m, _) in members.items() if m >> 12 == 4}
 
 
+def test_gic_questions_keeps_the_gic_entries_of_a_real_report() -> None:
+    from vgic.events import EventLog, Kind
+    from vgic.tools.report import report
+
+    log = EventLog()
+    log.record(Kind.DIAGNOSTIC, "pl011", "unsupported 2-byte read at 0x30: RAZ", rule="IHI0069 12.1")
+    log.record(Kind.DIAGNOSTIC, "cpu2", "abort on access to 0x2d9ed000 at PC 0xffff8000080ddfec")
+    assert gic_questions(report(log)) == []
+    log.record(Kind.DIAGNOSTIC, "its0", "MAPTI over an existing mapping", rule="IHI0069 5.3")
+    log.record(Kind.DIAGNOSTIC, "cpu1", "EOI of INTID 30 with no active priority: UNPREDICTABLE, ignored")
+    log.record(Kind.COMMAND_ERROR, "its0", "MAPD: DeviceID out of range", offset=0x40, code=0x10801)
+    log.record(Kind.LPI_DROPPED, "gicr3", "LPI 8192 ignored: EnableLPIs=0")
+    found = gic_questions(report(log))
+    assert len(found) == 4, found
+    assert [q.split(":")[0] for q in found] == [
+        "ITS command errors", "Questionable guest actions", "Questionable guest actions", "LPIs the redistributors ignored",
+    ]  # fmt: skip
+    assert not any("pl011" in q or "abort on access" in q for q in found)
+
+
 # -- comparing boots -----------------------------------------------------------------------
 
 _STAMP = re.compile(r"^\[\s*\d+\.\d+\] ")
