@@ -379,8 +379,8 @@ def bench_linux_nvme(use_qemu: bool) -> list[Row]:
     /proc/timer_list around each ``taskset -c N dd``, so the time includes starting taskset
     and dd but not the boot). MSIs are the nvme lines of /proc/interrupts over the reads."""
     lg = _linux_guest()
-    what = f"guest: Linux NVMe 4 KiB direct reads, {NVME_READS_PER_CPU}/CPU x {CPUS} CPUs"
-    labels = (f"{what}: reads", f"{what}: MSIs", f"{what}: whole run (boot to power-off, host time)")
+    labels = (f"guest: Linux NVMe 4 KiB direct reads, {NVME_READS_PER_CPU}/CPU on {CPUS} CPUs",
+              "guest: Linux NVMe MSIs during those reads", "guest: Linux NVMe whole run, boot to power-off (host)")  # fmt: skip
     missing = lg.missing_third_party(lg.KERNEL, lg.BUSYBOX)
     has_nvme = lg.vgic_run_has("--nvme")
     if missing or (not (use_qemu and lg.QEMU) and not has_nvme):
