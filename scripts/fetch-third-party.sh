@@ -56,12 +56,12 @@ trap 'rm -rf "$tmp"' EXIT
 chmod 755 "$tmp"
 mkdir -p "$dir"
 
-# fetch PKG -> $tmp/PKG/x (unpacked) and $tmp/PKG/*.deb
+# fetch PKG (with or without :arm64) -> $tmp/PKG/x (unpacked) and $tmp/PKG/*.deb
 fetch() {
 	rm -rf "${tmp:?}/$1"
 	mkdir -p "$tmp/$1"
 	chmod 755 "$tmp/$1"
-	(cd "$tmp/$1" && apt-get download -q "$1:arm64") && dpkg-deb -x "$tmp/$1"/*.deb "$tmp/$1/x"
+	(cd "$tmp/$1" && apt-get download -q "${1%:arm64}:arm64") && dpkg-deb -x "$tmp/$1"/*.deb "$tmp/$1/x"
 }
 
 status=0
