@@ -49,7 +49,7 @@ demo: guests
 third-party:
 	-sh scripts/fetch-third-party.sh || echo "note: third-party kernel or busybox not fetched; their tests will skip"
 
-bench: sysdeps deps guests
+bench: sysdeps deps guests third-party
 	$(PY) bench/run.py
 
 # A long fuzzing campaign (10 million operations by default) with a progress line:
