@@ -43,12 +43,13 @@ demo: guests
 	$(VENV)/bin/vgic run --smp 4 --timeout 120 --report guests/out/its_demo.elf
 	$(VENV)/bin/vgic demo
 
-# Third-party guests for tests/test_third_party.py (Debian's arm64 kernel, via apt-get
-# download into .cache/third-party/); the test skips when they are missing.
+# Third-party guest parts for tests/test_third_party.py, tests/test_linux_nvme.py and the
+# Linux bench rows (Debian's arm64 kernel and busybox-static, via apt-get download into
+# .cache/third-party/); the tests skip when they are missing.
 third-party:
-	-sh scripts/fetch-third-party.sh || echo "note: third-party kernel not fetched; its test will skip"
+	-sh scripts/fetch-third-party.sh || echo "note: third-party kernel or busybox not fetched; their tests will skip"
 
-bench: sysdeps deps guests
+bench: sysdeps deps guests third-party
 	$(PY) bench/run.py
 
 # A long fuzzing campaign (10 million operations by default) with a progress line:

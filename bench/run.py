@@ -1,11 +1,14 @@
 """vgic benchmarks: the model API, then the bench_msi guest on vgic's machine and on QEMU.
 
     make bench               (builds the guests, then runs this)
-    .venv/bin/python bench/run.py [--quick] [--no-qemu] [--only model|e2e]
+    .venv/bin/python bench/run.py [--quick] [--no-qemu] [--only model|e2e|linux]
 
 Every figure in the table comes from this one run. Model-API rows drive the Python
 objects directly (what a VMM embedding vgic pays per operation); end-to-end rows are what
-the guest measures with CNTVCT under ``vgic run`` and under QEMU TCG. The last line is
+the guest measures with CNTVCT under ``vgic run`` and under QEMU TCG; Linux rows are
+Debian's kernel reading an NVMe disk with 4 KiB direct I/O on 4 CPUs, timed inside the
+guest (vgic's side is n/a while ``vgic run`` has no ``--nvme``), followed by a line
+``linux nvme reads/s vgic/qemu ratio: X.XX`` (or n/a). The last line is
 ``end-to-end vgic/qemu ratio: X.XX`` (per MSI, 16 LPI ID bits) or ``... n/a`` without QEMU.
 """
 
@@ -23,6 +26,7 @@ import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
@@ -331,6 +335,80 @@ def bench_e2e(use_qemu: bool) -> tuple[list[Row], float | None]:
     return rows, ratio
 
 
+# == Linux + NVMe =========================================================================
+
+NVME_READS_PER_CPU = 2048
+NVME_DISK_BYTES = 16 << 20
+
+
+def _linux_guest() -> Any:
+    """tests/linux_guest.py, loaded by path (the initramfs builder, the workload, its parser)."""
+    import importlib.util
+
+    if "linux_guest" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("linux_guest", ROOT / "tests" / "linux_guest.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["linux_guest"] = module  # before exec: its dataclasses look themselves up
+        spec.loader.exec_module(module)
+    return sys.modules["linux_guest"]
+
+
+def run_linux_nvme(lg: Any, initrd: Path, disk: Path, vgic: bool) -> tuple[Any, float]:
+    """One boot of the NVMe workload on vgic or QEMU: (parsed run, host seconds for the whole run)."""
+    append = "console=ttyAMA0 panic=-1"
+    drive = ["-drive", f"file={disk},if=none,id=d0,format=raw", "-device", "nvme,drive=d0,serial=vgic0"]
+    cmd = lg.vgic_command(initrd, append, CPUS, timeout=1800, extra=["--nvme", str(disk)]) if vgic else None
+    cmd = cmd or lg.qemu_command(initrd, append, CPUS, extra=drive)
+    env, timeout = (lg.vgic_env(), 1900) if vgic else (None, 300)
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL,
+                       timeout=timeout, env=env)  # fmt: skip
+    seconds = time.perf_counter() - t0
+    run = lg.parse_nvme(p.stdout)
+    reads = NVME_READS_PER_CPU * CPUS
+    if p.returncode != 0 or not run.done or run.total_reads != reads or any(r[1] for r in run.reads):
+        raise RuntimeError(f"{cmd[0]}: the NVMe workload failed (status {p.returncode}, {run.total_reads}/{reads} "
+                           f"reads):\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")  # fmt: skip
+    return run, seconds
+
+
+def bench_linux_nvme(use_qemu: bool) -> list[Row]:
+    """Debian's kernel on 4 CPUs reading an NVMe disk: 2048 4 KiB direct reads pinned to each
+    CPU in turn (tests/linux_guest.py's workload), timed inside the guest (the ns clock of
+    /proc/timer_list around each ``taskset -c N dd``, so the time includes starting taskset
+    and dd but not the boot). MSIs are the nvme lines of /proc/interrupts over the reads."""
+    lg = _linux_guest()
+    labels = (f"guest: Linux NVMe 4 KiB direct reads, {NVME_READS_PER_CPU}/CPU on {CPUS} CPUs",
+              "guest: Linux NVMe MSIs during those reads", "guest: Linux NVMe whole run, boot to power-off (host)")  # fmt: skip
+    missing = lg.missing_third_party(lg.KERNEL, lg.BUSYBOX)
+    has_nvme = lg.vgic_run_has("--nvme")
+    if missing or (not (use_qemu and lg.QEMU) and not has_nvme):
+        why = missing or "no QEMU and vgic run has no --nvme"
+        return [
+            Row("linux", label, None, unit, note=why)
+            for label, unit in zip(labels, ("read/s", "MSI/s", "s"), strict=True)
+        ]
+    import tempfile
+
+    figures: dict[bool, tuple[float, float, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        initrd, disk = Path(tmp) / "initrd.cpio", Path(tmp) / "disk.img"
+        initrd.write_bytes(lg.busybox_initramfs(lg.nvme_script(reads_per_cpu=NVME_READS_PER_CPU, checks=False)))
+        image = random.Random(1).randbytes(NVME_DISK_BYTES)
+        for on_vgic in (False, True):
+            if (on_vgic and not has_nvme) or (not on_vgic and not (use_qemu and lg.QEMU)):
+                continue
+            print(f"[bench] Linux NVMe on {'vgic' if on_vgic else 'QEMU'} ...", file=sys.stderr, flush=True)
+            disk.write_bytes(image)
+            run, seconds = run_linux_nvme(lg, initrd, disk, on_vgic)
+            figures[on_vgic] = (run.total_reads / run.read_seconds, run.read_msis() / run.read_seconds, seconds)
+    ours, theirs = figures.get(True), figures.get(False)
+    note = "" if has_nvme else "vgic: n/a, vgic run has no --nvme yet"
+    return [Row("linux", label, ours[k] if ours else None, unit, theirs[k] if theirs else None, note)
+            for k, (label, unit) in enumerate(zip(labels, ("read/s", "MSI/s", "s"), strict=True))]  # fmt: skip
+
+
 # == the table ===========================================================================
 
 
@@ -361,16 +439,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller sizes and fewer samples")
     ap.add_argument("--no-qemu", action="store_true", help="skip QEMU even when installed")
-    ap.add_argument("--only", choices=("model", "e2e"), help="run one half")
+    ap.add_argument("--only", choices=("model", "e2e", "linux"), help="run one part")
     args = ap.parse_args()
     rows: list[Row] = []
     ratio = None
     t0 = time.perf_counter()
-    if args.only != "e2e":
+    if args.only in (None, "model"):
         for part in (bench_translate_only, bench_msi_sizes, bench_commands, bench_collection_wide, bench_memory):
             print(f"[bench] {part.__name__} ...", file=sys.stderr, flush=True)
             rows += part(args.quick)
-    if args.only != "model":
+    if args.only in (None, "e2e"):
         print("[bench] end to end (vgic run, QEMU) ...", file=sys.stderr, flush=True)
         e2e, ratio = bench_e2e(not args.no_qemu)
         rows += e2e
@@ -385,8 +463,14 @@ def main() -> int:
         if qemu_msi and model_msi:
             rows.append(Row("vs", "QEMU guest ns/MSI (16 ID bits) / vgic model-API ns/(MSI+ack+EOI)",
                             qemu_msi / model_msi, "x faster"))  # fmt: skip
+    if args.only in (None, "linux"):
+        rows += bench_linux_nvme(not args.no_qemu)
     print_table(rows)
     print(f"\n(all figures from this run, {time.perf_counter() - t0:.0f} s)")
+    reads = next((r for r in rows if r.section == "linux" and r.unit == "read/s"), None)
+    if reads is not None:
+        linux_ratio = f"{reads.value / reads.qemu:.2f}" if reads.value and reads.qemu else "n/a"
+        print(f"linux nvme reads/s vgic/qemu ratio: {linux_ratio}")
     print(f"end-to-end vgic/qemu ratio: {'n/a' if ratio is None else f'{ratio:.2f}'}")
     return 0
 

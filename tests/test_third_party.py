@@ -1,42 +1,54 @@
-"""An unmodified third-party guest: Debian's arm64 Linux kernel, on vgic and on QEMU.
+"""Unmodified third-party guests: Debian's arm64 Linux kernel and busybox, on vgic and on QEMU.
 
 The kernel (an arm64 Image for, among others, QEMU's virt machine) boots on 4 CPUs with
 the device tree, PSCI CPU_ON, the MMU, the arch timer, GICv3 with its ITS and the PL011,
-then runs a tiny initramfs built here whose /init (a static AArch64 ELF written by hand)
-prints one line and powers off with reboot(2), i.e. PSCI SYSTEM_OFF. Nothing is downloaded
-at test time: ``make third-party`` (scripts/fetch-third-party.sh) fills the cache with
-``apt-get download``; without it the test is skipped.
+then runs an initramfs built here (tests/linux_guest.py) with Debian's busybox-static,
+whose /init shell script prints one line and runs ``poweroff -f`` (reboot(2), i.e. PSCI
+SYSTEM_OFF). Nothing is downloaded at test time: ``make third-party``
+(scripts/fetch-third-party.sh) fills the cache with ``apt-get download``; without it the
+boot test is skipped.
 
 The key lines of the two boots must agree: GIC and ITS probing, the timer, the CPUs
 brought up, the console, /init's line and the power-off (timestamps and addresses the
-kernel allocates are not compared).
+kernel allocates are not compared). So must the ITS commands Linux sends (vgic's
+``--decode`` of the queue against QEMU's ``-trace 'gicv3_its_cmd*'``), and vgic's
+``--report`` must question nothing Linux did with the GIC.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
-import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-CACHE = Path(os.environ.get("VGIC_THIRD_PARTY_DIR", ROOT / ".cache" / "third-party"))
-KERNEL = CACHE / "vmlinuz"
-QEMU = shutil.which("qemu-system-aarch64")
+from linux_guest import (
+    BUSYBOX,
+    ITS_TRACE,
+    KERNEL,
+    QEMU,
+    CpioEntry,
+    busybox_initramfs,
+    gic_questions,
+    its_command_differences,
+    missing_third_party,
+    newc_archive,
+    qemu_command,
+    qemu_its_commands,
+    read_newc,
+    vgic_command,
+    vgic_env,
+    vgic_its_commands,
+)
+
 APPEND = "console=ttyAMA0 panic=-1"
 SMP = 4
 VGIC_TIMEOUT = float(os.environ.get("VGIC_THIRD_PARTY_TIMEOUT", "600"))
 INIT_MESSAGE = "vgic-init: hello from userspace"
-
-pytestmark = pytest.mark.skipif(
-    not KERNEL.exists(),
-    reason=f"no third-party kernel in {CACHE}: run `make third-party` (scripts/fetch-third-party.sh)",
-)
+INIT_SCRIPT = f'echo "{INIT_MESSAGE}"\npoweroff -f\n'
+MISSING = missing_third_party(KERNEL, BUSYBOX)
 
 # Lines compared between the two boots, after the timestamp is removed; each pattern's
 # matching lines must be the same list on both (addresses the kernel allocates, marked
@@ -59,58 +71,56 @@ KEY_LINES = [
 ]
 
 
-# -- a one-file initramfs ------------------------------------------------------------------
+# -- the initramfs ----------------------------------------------------------------------------
 
 
-def _init_elf() -> bytes:
-    """A static AArch64 ELF: write(1, message), reboot(POWER_OFF), loop."""
-    msg = (INIT_MESSAGE + "\n").encode()
-    code = [
-        0xD2800020,  # movz x0, #1
-        0x100001A1,  # adr x1, msg (+0x34)
-        0xD2800002 | len(msg) << 5,  # movz x2, #len
-        0xD2800808,  # movz x8, #64 (write)
-        0xD4000001,  # svc #0
-        0xD29BD5A0,  # movz x0, #0xdead
-        0xF2BFDC20,  # movk x0, #0xfee1, lsl #16 (LINUX_REBOOT_MAGIC1)
-        0xD2832D21,  # movz x1, #0x1969
-        0xF2A50241,  # movk x1, #0x2812, lsl #16 (LINUX_REBOOT_MAGIC2)
-        0xD29FDB82,  # movz x2, #0xfedc
-        0xF2A86422,  # movk x2, #0x4321, lsl #16 (LINUX_REBOOT_CMD_POWER_OFF)
-        0xD28011C8,  # movz x8, #142 (reboot)
-        0xD4000001,  # svc #0
-        0x14000000,  # b .
+def test_newc_archive_round_trips_dirs_symlinks_and_files() -> None:
+    entries = [
+        CpioEntry.dir("bin"),
+        CpioEntry.file("bin/tool", b"\x7fELF" + bytes(range(7)), 0o755),
+        CpioEntry.symlink("bin/sh", "tool"),
+        CpioEntry.file("init", b"#!/bin/sh\n"),
     ]
-    text = struct.pack(f"<{len(code)}I", *code) + msg
-    base, hdr = 0x400000, 64 + 56
-    ehdr = b"\x7fELF\x02\x01\x01" + bytes(9)
-    ehdr += struct.pack("<HHIQQQIHHHHHH", 2, 183, 1, base + hdr, 64, 0, 0, 64, 56, 1, 64, 0, 0)
-    phdr = struct.pack("<IIQQQQQQ", 1, 5, 0, base, base, hdr + len(text), hdr + len(text), 0x10000)
-    return ehdr + phdr + text
+    archive = newc_archive(entries)
+    assert len(archive) % 512 == 0 and archive.startswith(b"070701")
+    assert b"TRAILER!!!\0" in archive
+    members = read_newc(archive)
+    assert list(members) == ["bin", "bin/tool", "bin/sh", "init"]
+    assert members["bin"] == (0o040755, b"")
+    assert members["bin/tool"] == (0o100755, b"\x7fELF" + bytes(range(7)))
+    assert members["bin/sh"] == (0o120777, b"tool")
+    # every header starts on a 4-byte boundary, as the kernel's unpacker requires
+    assert [m.start() % 4 for m in re.finditer(b"070701", archive)] == [0] * 5
 
 
-def _cpio(files: dict[str, tuple[int, bytes]]) -> bytes:
-    """A newc cpio archive of regular files {name: (mode, data)}."""
-    out = b""
-    entries = [(name, mode, data) for name, (mode, data) in files.items()] + [("TRAILER!!!", 0, b"")]
-    for ino, (name, mode, data) in enumerate(entries, 1):
-        fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name) + 1, 0)
-        head = b"070701" + b"".join(b"%08x" % f for f in fields) + name.encode() + b"\0"
-        out += head + bytes(-len(head) % 4) + data + bytes(-len(data) % 4)
-    return out + bytes(-len(out) % 512)
+def test_busybox_initramfs_layout(tmp_path: Path) -> None:
+    fake = tmp_path / "busybox"
+    fake.write_bytes(b"\x7fELF busybox")
+    members = read_newc(busybox_initramfs("echo hi\n", fake, applets=("sh", "dd")))
+    assert members["bin/busybox"] == (0o100755, b"\x7fELF busybox")
+    assert members["bin/sh"] == members["bin/dd"] == (0o120777, b"busybox")
+    assert members["init"] == (0o100755, b"#!/bin/sh\necho hi\n")
+    assert {"dev", "proc", "sys", "tmp", "sbin", "usr/bin"} <= {n for n, (m, _) in members.items() if m >> 12 == 4}
 
 
-@pytest.fixture(scope="module")
-def initrd(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("initrd") / "initrd.cpio"
-    path.write_bytes(_cpio({"init": (0o100755, _init_elf())}))
-    return path
+def test_gic_questions_keeps_the_gic_entries_of_a_real_report() -> None:
+    from vgic.events import EventLog, Kind
+    from vgic.tools.report import report
 
-
-def test_init_elf_is_well_formed() -> None:
-    elf = _init_elf()
-    assert elf[:4] == b"\x7fELF" and struct.unpack_from("<H", elf, 18)[0] == 183
-    assert INIT_MESSAGE.encode() in elf
+    log = EventLog()
+    log.record(Kind.DIAGNOSTIC, "pl011", "unsupported 2-byte read at 0x30: RAZ", rule="IHI0069 12.1")
+    log.record(Kind.DIAGNOSTIC, "cpu2", "abort on access to 0x2d9ed000 at PC 0xffff8000080ddfec")
+    assert gic_questions(report(log)) == []
+    log.record(Kind.DIAGNOSTIC, "its0", "MAPTI over an existing mapping", rule="IHI0069 5.3")
+    log.record(Kind.DIAGNOSTIC, "cpu1", "EOI of INTID 30 with no active priority: UNPREDICTABLE, ignored")
+    log.record(Kind.COMMAND_ERROR, "its0", "MAPD: DeviceID out of range", offset=0x40, code=0x10801)
+    log.record(Kind.LPI_DROPPED, "gicr3", "LPI 8192 ignored: EnableLPIs=0")
+    found = gic_questions(report(log))
+    assert len(found) == 4, found
+    assert [q.split(":")[0] for q in found] == [
+        "ITS command errors", "Questionable guest actions", "Questionable guest actions", "LPIs the redistributors ignored",
+    ]  # fmt: skip
+    assert not any("pl011" in q or "abort on access" in q for q in found)
 
 
 # -- comparing boots -----------------------------------------------------------------------
@@ -129,34 +139,48 @@ def key_lines(transcript: str) -> dict[str, list[str]]:
     return found
 
 
-def _boot_vgic(initrd: Path) -> tuple[int, str, str]:
-    cmd = [sys.executable, "-m", "vgic.cli", "run", "--smp", str(SMP), "--append", APPEND, "--initrd", str(initrd),
-           "--timeout", str(VGIC_TIMEOUT), str(KERNEL)]  # fmt: skip
-    p = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, timeout=VGIC_TIMEOUT + 60)
+@pytest.fixture(scope="module")
+def initrd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if MISSING:
+        pytest.skip(MISSING)
+    path = tmp_path_factory.mktemp("initrd") / "initrd.cpio"
+    path.write_bytes(busybox_initramfs(INIT_SCRIPT))
+    return path
+
+
+def _boot_vgic(initrd: Path, report: Path) -> tuple[int, str, str]:
+    cmd = vgic_command(initrd, APPEND, SMP, timeout=VGIC_TIMEOUT, extra=["--report-to", str(report), "--decode"])
+    p = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, timeout=VGIC_TIMEOUT + 60, env=vgic_env())
     return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
 
 
-def _boot_qemu(initrd: Path) -> tuple[int, str]:
-    assert QEMU is not None
-    cmd = [QEMU, "-M", "virt,gic-version=3,its=on", "-cpu", "cortex-a57", "-m", "512M", "-nographic", "-net", "none",
-           "-no-reboot", "-smp", str(SMP), "-kernel", str(KERNEL), "-initrd", str(initrd), "-append", APPEND]  # fmt: skip
+def _boot_qemu(initrd: Path, trace: Path) -> tuple[int, str]:
+    cmd = qemu_command(initrd, APPEND, SMP, extra=["-trace", ITS_TRACE, "-D", str(trace)])
     p = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, timeout=120)
     return p.returncode, p.stdout.decode(errors="replace")
 
 
-def test_linux_boots_to_init_and_powers_off_like_on_qemu(initrd: Path) -> None:
-    status, out, err = _boot_vgic(initrd)
-    assert status == 0, f"vgic run exited {status}:\n{err}\n--- console (last 60 lines):\n" + "\n".join(
+def test_linux_boots_busybox_and_powers_off_like_on_qemu(initrd: Path, tmp_path: Path) -> None:
+    report = tmp_path / "report.txt"
+    status, out, err = _boot_vgic(initrd, report)
+    assert status == 0, f"vgic run exited {status}:\n{err[-3000:]}\n--- console (last 60 lines):\n" + "\n".join(
         out.splitlines()[-60:]
     )
     ours = key_lines(out)
     assert ours[re.escape(INIT_MESSAGE)] == [INIT_MESSAGE]
     assert ours[r"smp: Brought up 1 node, \d+ CPUs"] == [f"smp: Brought up 1 node, {SMP} CPUs"]
     assert ours[r"reboot: Power down"] == ["reboot: Power down"]
+    assert gic_questions(report.read_text()) == [], report.read_text()
+    our_commands = vgic_its_commands(err)
+    assert our_commands, f"no ITS command queue in --decode:\n{err[-2000:]}"
     if QEMU is None:
         return
-    qstatus, qout = _boot_qemu(initrd)
+    trace = tmp_path / "qemu-its.log"
+    qstatus, qout = _boot_qemu(initrd, trace)
     assert qstatus == 0, f"QEMU exited {qstatus}:\n{qout[-3000:]}"
     theirs = key_lines(qout)
     for pattern in KEY_LINES:
         assert ours[pattern] == theirs[pattern], f"{pattern}\n  vgic: {ours[pattern]}\n  QEMU: {theirs[pattern]}"
+    their_commands = qemu_its_commands(trace.read_text())
+    assert their_commands, "QEMU's trace has no ITS command (is -trace supported?)"
+    assert its_command_differences(their_commands, our_commands) == []
