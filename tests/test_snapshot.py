@@ -221,3 +221,35 @@ def test_snapshot_stores_only_written_pages() -> None:
     blob = io.BytesIO()
     snapshot.save_gic(gic, blob)
     assert len(blob.getvalue()) < RAM_SIZE // 100
+
+
+# == earlier formats are upgraded ==========================================================
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def test_a_format_1_gic_snapshot_is_upgraded() -> None:
+    """tests/data/gic-format1.vgic was written by vgic 0.1 (format 1, no profiles): 2 CPUs,
+    LPI 8192 pending on CPU 0 and 8193 on CPU 1, the queue stalled on an INT of an unmapped
+    device. It restores with vgic 0.1's choices (the upgrade) and its state intact."""
+    gic = snapshot.load_gic(DATA / "gic-format1.vgic")
+    its = gic.its[0]
+    assert gic.config.profile == "vgic-0.1"
+    assert its.config.error_policy is its.config.memory_fault_policy is ErrorPolicy.STALL
+    assert its.typer.itt_entry_size == 8 and not its.config.quiescent_when_idle
+    assert gic.config.redistributor.direct_lpi
+    assert its.stalled and its.read(0x90, 4) & 1
+    assert gic.redistributors[0].pending_lpis == {8192} and gic.redistributors[1].pending_lpis == {8193}
+    assert its.msi(3, 1) and its.cached_device(3) is not None
+
+
+def test_a_format_1_machine_snapshot_restores_and_runs() -> None:
+    pytest.importorskip("unicorn")
+    out = bytearray()
+    machine = snapshot.load_machine(DATA / "machine-format1.vgic", output=out.extend)
+    assert machine.gic.config.profile == "vgic-0.1" and len(machine.cpus) == 2
+    assert machine.gic.its[0].config.error_policy is ErrorPolicy.STALL
+    machine.uart.feed(b"y")  # the its_migrate guest was waiting for input
+    result = machine.run(timeout=30)
+    assert out.decode().rstrip().endswith("PASS"), out.decode()
+    assert result.reason == "PSCI SYSTEM_OFF"

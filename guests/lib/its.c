@@ -2,6 +2,7 @@
 #include "rt.h"
 
 struct its its;
+u32 its_coll_page = 0x1000; /* page size asked for the collection table (kept if it sticks) */
 
 #define BASER_VALID BIT(63)
 #define BASER_INDIRECT BIT(62)
@@ -84,7 +85,7 @@ int its_init(int two_level_dt, u32 dt_page)
 		return -1;
 	table_setup(&its.dev, its.devbits, two_level_dt, dt_page ? dt_page : 0x1000, 1);
 	if (its.coll.idx >= 0)
-		table_setup(&its.coll, its.cidbits, 0, 0x1000, 1);
+		table_setup(&its.coll, its.cidbits, 0, its_coll_page, 1);
 
 	w32(its.base + GITS_CTLR, r32(its.base + GITS_CTLR) | 1);
 	dsb(sy);

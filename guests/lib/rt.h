@@ -200,6 +200,7 @@ extern struct its its;
 #define ITS_TIMEOUT 2
 
 int its_init(int two_level_dt, u32 dt_page_size);
+extern u32 its_coll_page;        /* page size its_init asks for the collection table (4 KB) */
 u64 its_rdbase(int cpu);         /* value for RDbase fields, already shifted to [51:16] */
 void its_queue(u64 dw0, u64 dw1, u64 dw2, u64 dw3);
 int its_kick(void);              /* write CWRITER and wait */

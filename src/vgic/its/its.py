@@ -264,7 +264,6 @@ class Its:
             C.Movi: self.MOVI, C.Movall: self.MOVALL, C.Discard: self.DISCARD, C.Inv: self.INV,
             C.Invall: self.INVALL, C.Int: self.INT, C.Clear: self.CLEAR, C.Sync: self.SYNC,
         }  # fmt: skip
-        self.on_error: Callable[[CommandError, int], None] | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -781,8 +780,6 @@ class Its:
         self.error_history.append((offset, int(err.error), message, text))
         self.log.record(Kind.COMMAND_ERROR, self.source, message, code=int(err.error), offset=offset,
                         command=text or None, rule="IHI0069 6.3")  # fmt: skip
-        if self.on_error is not None:
-            self.on_error(err, offset)
         if stall:
             self._stalled = True
             return True
