@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from vgic.events import EventLog, Kind  # noqa: E402
-from vgic.gicv3.gic import Gic, GicConfig  # noqa: E402
+from vgic.gic import Gic, GicConfig  # noqa: E402
 from vgic.gicv3.redistributor import LPI_BASE, RedistributorConfig  # noqa: E402
 from vgic.its import commands as C  # noqa: E402
 from vgic.its.its import ItsConfig  # noqa: E402
@@ -152,7 +152,7 @@ def bench_msi_sizes(quick: bool) -> list[Row]:
     best = [float("inf")] * len(sizes)  # other processes' noise only ever adds time
     for start in range(0, chunk * CHUNKS, chunk):
         for k, (m, picks) in enumerate(setups):
-            msi, cpus = m.its.msi, m.gic.cpus
+            msi, cpus = m.its.translate, m.gic.cpus
             ok = 0
             t0 = time.perf_counter()
             for d, e, c in picks[start : start + chunk]:
@@ -174,7 +174,7 @@ def bench_msi_sizes(quick: bool) -> list[Row]:
 
 
 def bench_translate_only(quick: bool) -> list[Row]:
-    """Its.msi alone: DTE, ITE and CTE lookups and the LPI made pending on its redistributor.
+    """Its.translate alone: DTE, ITE and CTE lookups and the LPI made pending on its redistributor.
 
     Every MSI of a chunk hits a different LPI (so none coalesces with a pending one); the
     LPIs are acknowledged between chunks, outside the timing. Best of the chunks."""
@@ -182,7 +182,7 @@ def bench_translate_only(quick: bool) -> list[Row]:
     m = Model()
     events = m.map_events(devices, per_device)
     random.Random(2).shuffle(events)
-    msi = m.its.msi
+    msi = m.its.translate
     best = float("inf")
     for _ in range(CHUNKS):
         gc.collect()
@@ -193,7 +193,7 @@ def bench_translate_only(quick: bool) -> list[Row]:
             raise RuntimeError(f"{len(events) - ok} MSIs were not translated")
         m.drain()
     ns = best / len(events) * 1e9
-    return [Row("model", f"MSI translation only (Its.msi -> LPI pending), {len(events):,} events", ns, "ns/MSI",
+    return [Row("model", f"MSI translation only (Its.translate -> LPI pending), {len(events):,} events", ns, "ns/MSI",
                 note=f"{1e9 / ns:,.0f} MSI/s, each to a distinct LPI, best of {CHUNKS} passes")]  # fmt: skip
 
 
@@ -268,7 +268,7 @@ def bench_memory(quick: bool) -> list[Row]:
     before = tracemalloc.get_traced_memory()[0]
     events = m.map_events(devices, per)
     for d, e, _ in events:  # touch every event: translation caches fully populated
-        m.its.msi(d, e)
+        m.its.translate(d, e)
     m.drain()
     gc.collect()
     after = tracemalloc.get_traced_memory()[0]

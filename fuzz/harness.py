@@ -9,7 +9,7 @@ The first byte picks one of two modes:
 * **chaos** (even): 1..8 CPUs, one or two ITSes with random GITS_TYPER choices, optionally a
   valid driver bring-up first; then arbitrary MMIO reads/writes (any offset, any width) to
   GICD/GITS/GICR frames, command queues (structured commands with hostile fields, or raw
-  32-byte garbage), arbitrary bytes written anywhere near the tables, MSIs (``Its.msi`` and
+  32-byte garbage), arbitrary bytes written anywhere near the tables, MSIs (``Its.translate`` and
   GITS_TRANSLATER), ICC_* reads/writes, property-table writes, EnableLPIs / ITS toggles.
 * **reference** (odd): the operations tests/reference_model.py understands (commands with
   valid and invalid fields, MSIs, configuration writes and invalidations, EnableLPIs,
@@ -56,7 +56,7 @@ from reference import Walker  # noqa: E402
 from reference_model import LPI_BASE, SPURIOUS, RefGic  # noqa: E402
 from vgic.driver import Allocator, ItsDriver  # noqa: E402
 from vgic.events import EventLog, Kind  # noqa: E402
-from vgic.gicv3.gic import VIRT_GICD_BASE, VIRT_GICR_BASE, VIRT_ITS_BASE, Gic, GicConfig  # noqa: E402
+from vgic.gic import VIRT_GICD_BASE, VIRT_GICR_BASE, VIRT_ITS_BASE, Gic, GicConfig  # noqa: E402
 from vgic.gicv3.redistributor import RD_FRAME_SIZE, RedistributorConfig  # noqa: E402
 from vgic.its import commands as C  # noqa: E402
 from vgic.its.its import ErrorPolicy, ItsConfig  # noqa: E402
@@ -434,10 +434,9 @@ class Harness:
         walk = self.walkers[n].translate(dev, ev)
         before = [rd.pending_lpis for rd in self.gic.redistributors]
         if b.u8() & 1:
-            got = its.msi(dev, ev)
+            got = its.translate(dev, ev)
         else:
-            its.bus_device_id = dev
-            its.write(0x10040, 4, ev)
+            its.write(0x10040, 4, ev, requester_id=dev)
             got = None
         self.stats.msis += 1
         after = [rd.pending_lpis for rd in self.gic.redistributors]
@@ -665,7 +664,7 @@ class Harness:
         elif op in (12, 13):
             expected = ref.msi(dev, ev)
             self.stats.msis += 1
-            if self.gic.its[0].msi(dev, ev) != expected:
+            if self.gic.its[0].translate(dev, ev) != expected:
                 raise Violation(f"MSI {dev}/{ev}: model and reference disagree (reference {expected})")
         elif op == 14:
             byte = b.pick((0x00, 0x20, 0x40, 0x44, 0x80, 0xA0, 0xA4, 0xE8, 0xF0, 0xF8)) | 2 | (b.u8() & 1)

@@ -18,7 +18,7 @@ import pytest
 
 from vgic.driver import Allocator, ItsDriver
 from vgic.events import Event, EventLog, Kind
-from vgic.gicv3.gic import Gic, GicConfig
+from vgic.gic import Gic, GicConfig
 from vgic.gicv3.redistributor import RedistributorConfig
 from vgic.its import commands as C
 from vgic.its.its import ErrorPolicy, Its, ItsConfig

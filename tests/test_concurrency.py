@@ -2,7 +2,7 @@
 
 Threads (a few seconds, a short GIL switch interval for many interleavings):
 
-* two device threads inject MSIs (``Its.msi``) for 16 events, each event its own LPI;
+* two device threads inject MSIs (``Its.translate``) for 16 events, each event its own LPI;
 * one driver thread (the only command-queue producer, as a guest serialises its ring)
   sends MOVI, DISCARD+MAPTI, and collection moves (MAPC of every collection of CPU a to
   CPU b, then MOVALL a -> b), waiting for CREADR to catch up each time;
@@ -98,7 +98,7 @@ def test_msis_commands_toggles_and_acks_race_without_loss(fast_switching: None) 
         def step() -> None:
             ev = rng.choice(events)
             before = next(seq)
-            ok = its.msi(DEV, ev)
+            ok = its.translate(DEV, ev)
             after = next(seq)
             if ok:
                 with lock:
@@ -247,8 +247,8 @@ def test_cpus_sending_sgis_to_each_other_do_not_deadlock(fast_switching: None) -
     e = build(num_cpus=2)
     e.bring_up(its=False, collections=False)
     for c in range(2):
-        e.gic.redistributors[c].write(0x10100, 4, 0xFFFF)  # GICR_ISENABLER0: SGIs
-        e.gic.redistributors[c].write(0x10080, 4, 0xFFFF)  # GICR_IGROUPR0: Group 1
+        e.gic.sgi_frames[c].write(0x100, 4, 0xFFFF)  # GICR_ISENABLER0: SGIs
+        e.gic.sgi_frames[c].write(0x080, 4, 0xFFFF)  # GICR_IGROUPR0: Group 1
     e.gic.distributor.write(0x0, 4, 0x2)  # GICD_CTLR.EnableGrp1
     counts = [0, 0]
     stop = time.monotonic() + 1.0

@@ -36,7 +36,7 @@ def test_two_gics_do_not_share_memory_state_or_logs() -> None:
     a, b = two_vms()
     a.map_events(1, 2, {0: (LPI, 1)})
     b.map_events(1, 2, {0: (LPI + 7, 3)})  # same DeviceID/EventID, different meaning
-    assert a.its.msi(1, 0) and b.its.msi(1, 0)
+    assert a.its.translate(1, 0) and b.its.translate(1, 0)
     assert a.pending(1) == {LPI} and b.pending(3) == {LPI + 7}
     assert all(not b.pending(c) for c in range(3)) and not a.pending(0)
     # guest memory: the same guest physical address holds different bytes
@@ -67,8 +67,8 @@ def test_a_broken_gic_does_not_disturb_the_other() -> None:
         a.gic.write(a.gic.config.its_bases[0] + off, 4, 0xFFFF_FFFF)
         a.gic.write(a.gic.config.gicr_base + off, 8, 0xFFFF_FFFF_FFFF_FFFF)
     for dev in range(64):
-        a.its.msi(dev, dev)
-    assert b.its.msi(2, 1)
+        a.its.translate(dev, dev)
+    assert b.its.translate(2, 1)
     assert b.drain_all() == {0: [LPI + 1]}
     assert not b.log.of(Kind.DIAGNOSTIC, Kind.COMMAND_ERROR, Kind.TRANSLATION_FAULT)
 
@@ -87,12 +87,12 @@ def test_one_gic_blocked_in_its_lock_does_not_stop_the_other() -> None:
         release.wait(10)
 
     a.log.subscribe(wedge)
-    t = threading.Thread(target=a.its.msi, args=(1, 0), daemon=True)
+    t = threading.Thread(target=a.its.translate, args=(1, 0), daemon=True)
     t.start()
     assert entered.wait(5)
     try:
         done = []
-        worker = threading.Thread(target=lambda: done.extend(b.its.msi(1, 0) for _ in range(100)), daemon=True)
+        worker = threading.Thread(target=lambda: done.extend(b.its.translate(1, 0) for _ in range(100)), daemon=True)
         worker.start()
         worker.join(5)
         assert not worker.is_alive() and all(done) and len(done) == 100
@@ -125,19 +125,19 @@ def test_two_itses_have_separate_queues_tables_and_caches() -> None:
     d1.map_device(1, 2)
     d0.send(C.Mapti(1, 0, LPI, 0))
     d1.send(C.Mapti(1, 0, LPI + 1, 2))
-    assert its0.msi(1, 0) and its1.msi(1, 0)
+    assert its0.translate(1, 0) and its1.translate(1, 0)
     assert e.pending(0) == {LPI} and e.pending(2) == {LPI + 1}
     assert d0.queue_base != d1.queue_base
     # a stall on ITS 0 does not stop ITS 1's queue
     d0.send(C.Mapc(0, 77, True))
     assert its0.stalled and not its1.stalled
     d1.send(C.Discard(1, 0))
-    assert not its1.msi(1, 0) and its0.msi(1, 0)
+    assert not its1.translate(1, 0) and its0.translate(1, 0)
     assert e.pending(2) == frozenset()
     # disabling ITS 0 leaves ITS 1 translating
     d0.its_write(GITS_CTLR, 0)
     d1.send(C.Mapti(1, 1, LPI + 2, 3))
-    assert not its0.msi(1, 0) and its1.msi(1, 1)
+    assert not its0.translate(1, 0) and its1.translate(1, 1)
     assert e.drain_all() == {0: [LPI], 3: [LPI + 2]}
     codes0 = [ev.code for ev in e.log.errors if ev.source == "its0"]
     codes1 = [ev.code for ev in e.log.errors if ev.source == "its1"]
@@ -157,8 +157,8 @@ def test_broken_tables_on_one_its_leave_the_other_alone() -> None:
     d0.its_write(GITS_CTLR, 1)
     d0.send(C.Mapd(5, 1, RAM_BASE, True), C.Mapc(1, 0, True))
     d0.its_write64(GITS_CWRITER, 0x40 | 1)
-    assert not its0.msi(5, 1)
-    assert its1.msi(5, 1)
+    assert not its0.translate(5, 1)
+    assert its1.translate(5, 1)
     assert e.drain_all() == {1: [LPI + 3]}
     # ITS 1 is unaffected by ITS 0's faults and diagnostics
     assert not [ev for ev in e.log.errors if ev.source == "its1"]
@@ -180,7 +180,7 @@ def test_msis_on_two_itses_from_two_threads() -> None:
         try:
             while time.monotonic() < stop:
                 for ev in range(16):
-                    its.msi(1, ev)  # type: ignore[attr-defined]
+                    its.translate(1, ev)  # type: ignore[attr-defined]
         except BaseException as exc:
             errors.append(exc)
 

@@ -57,10 +57,10 @@ def test_mapd_writes_the_dte(ready: Env) -> None:
 def test_mapd_v0_unmaps_the_device(ready: Env) -> None:
     e = ready
     e.map_events(3, 2, {0: (LPI, 1)})
-    assert e.its.msi(3, 0)
+    assert e.its.translate(3, 0)
     e.send(C.Mapd(3, 0, 0, False))
     assert dte(e, 3) >> 63 == 0
-    assert not e.its.msi(3, 0)
+    assert not e.its.translate(3, 0)
     assert "not mapped" in e.faults()[-1].message
     e.send(C.Int(3, 0))
     assert e.codes() == [0x010304]  # INT_UNMAPPED_DEVICE
@@ -78,11 +78,11 @@ def test_mapd_remap_replaces_the_itt(ready: Env) -> None:
     new_itt = e.heap.alloc(256, 256)
     e.send(C.Mapd(4, 3, new_itt, True))
     assert bits(dte(e, 4), 48, 5) << 8 == new_itt
-    assert not e.its.msi(4, 0), "the new ITT has no mapping for event 0"
+    assert not e.its.translate(4, 0), "the new ITT has no mapping for event 0"
     e.send(C.Mapti(4, 9, LPI + 9, 2))  # Size=3: 16 events now
     ite_size = (e.read(GITS_TYPER) >> 4 & 0xF) + 1  # GITS_TYPER.ITT_entry_size
     assert e.mem.read64(new_itt + ite_size * 9) >> 63 == 1
-    assert e.its.msi(4, 9)
+    assert e.its.translate(4, 9)
     assert e.drain_all() == {2: [LPI + 9]}
 
 
@@ -103,7 +103,7 @@ def test_mapc_remap_retargets_translation(ready: Env) -> None:
     e = ready
     e.map_events(1, 2, {0: (LPI, 1)})
     e.send(C.Mapc(1, e.rdbase(3), True))
-    e.its.msi(1, 0)
+    e.its.translate(1, 0)
     assert e.drain_all() == {3: [LPI]}
 
 
@@ -112,7 +112,7 @@ def test_mapc_v0_unmaps_the_collection(ready: Env) -> None:
     e.map_events(1, 2, {0: (LPI, 2)})
     e.send(C.Mapc(2, 0, False))
     assert cte(e, 2) >> 63 == 0
-    assert not e.its.msi(1, 0)
+    assert not e.its.translate(1, 0)
     assert "collection" in e.faults()[-1].message
     e.send(C.Int(1, 0))
     assert e.codes() == [0x010309]
@@ -141,9 +141,9 @@ def test_mapti_to_an_unmapped_collection_is_allowed(ready: Env) -> None:
     e = ready
     e.map_events(1, 2, {0: (LPI, 40)})
     assert not e.errors()
-    assert not e.its.msi(1, 0)
+    assert not e.its.translate(1, 0)
     e.send(C.Mapc(40, e.rdbase(1), True))
-    assert e.its.msi(1, 0)
+    assert e.its.translate(1, 0)
     assert e.drain_all() == {1: [LPI]}
 
 
@@ -153,7 +153,7 @@ def test_mapti_remap_replaces_the_mapping_with_a_diagnostic(ready: Env) -> None:
     e.send(C.Mapti(1, 0, LPI + 1, 1))
     assert not e.errors()
     assert any("UNPREDICTABLE" in d.message for d in e.diags())
-    e.its.msi(1, 0)
+    e.its.translate(1, 0)
     assert e.drain_all() == {1: [LPI + 1]}
 
 
@@ -186,7 +186,7 @@ def test_clear_removes_pending_state_and_keeps_the_mapping(ready: Env) -> None:
     assert e.pending(3) == {LPI + 1}
     assert ite(e, 1, 0) >> 63 == 1
     assert e.drain_all() == {3: [LPI + 1]}
-    assert e.its.msi(1, 0)
+    assert e.its.translate(1, 0)
     assert e.drain_all() == {3: [LPI]}
 
 
@@ -208,7 +208,7 @@ def test_movi_moves_pending_state_and_retargets(ready: Env) -> None:
     assert bits(ite(e, 1, 0), 15, 0) == 2  # ICID updated in the ITT
     assert bits(ite(e, 1, 0), 47, 16) == LPI
     assert e.drain_all() == {1: [LPI + 1], 2: [LPI]}
-    e.its.msi(1, 0)
+    e.its.translate(1, 0)
     assert e.drain_all() == {2: [LPI]}
 
 
@@ -233,7 +233,7 @@ def test_movall_moves_everything_and_ors(ready: Env) -> None:
     assert e.pending(0) == {LPI + 3}
     # MOVALL does not change collections: new MSIs of collection 1 still go to CPU 1
     assert e.drain_all() == {0: [LPI + 3], 2: [LPI, LPI + 1, LPI + 2]}
-    e.its.msi(1, 0)
+    e.its.translate(1, 0)
     assert e.drain_all() == {1: [LPI]}
 
 
@@ -254,7 +254,7 @@ def test_discard_removes_pending_state_and_the_mapping(ready: Env) -> None:
     e.send(C.Int(1, 0), C.Int(1, 1), C.Discard(1, 0))
     assert e.pending(2) == {LPI + 1}
     assert ite(e, 1, 0) >> 63 == 0
-    assert not e.its.msi(1, 0)
+    assert not e.its.translate(1, 0)
     e.send(C.Int(1, 0))
     assert e.codes() == [0x010307]
     assert e.drain_all() == {2: [LPI + 1]}
@@ -329,7 +329,7 @@ def test_msi_translates_through_the_tables(ready: Env) -> None:
     e = ready
     e.map_events(0x77, 4, {ev: (LPI + 100 + ev, ev % 4) for ev in range(16)})
     for ev in range(16):
-        assert e.its.msi(0x77, ev)
+        assert e.its.translate(0x77, ev)
     assert e.drain_all() == {cpu: [LPI + 100 + cpu + 4 * k for k in range(4)] for cpu in range(4)}
     assert len(e.log.of(Kind.TRANSLATION)) == 16
 
@@ -353,10 +353,9 @@ def test_translater_store_with_a_bus_device_id(ready: Env) -> None:
     e = ready
     e.map_events(0, 2, {1: (LPI, 0)})
     e.map_events(0x55, 2, {1: (LPI + 5, 1)})
-    e.its.bus_device_id = 0x55
-    e.write(GITS_TRANSLATER, 1)
+    e.its.write(GITS_TRANSLATER, 4, 1, requester_id=0x55)  # a bus write carries its requester
     assert e.drain_all() == {1: [LPI + 5]}
-    e.write(GITS_TRANSLATER, 1)  # the requester applies to one write only
+    e.write(GITS_TRANSLATER, 1)  # a CPU store carries none: DeviceID 0
     assert e.drain_all() == {0: [LPI]}
 
 
@@ -381,7 +380,7 @@ def test_translater_through_the_gic_address_map(ready: Env) -> None:
 def test_untranslatable_msi_faults_and_sets_nothing(ready: Env, device_id: int, event_id: int, why: str) -> None:
     e = ready
     e.map_events(1, 2, {0: (LPI, 0), 1: (LPI + 1, 9)})
-    assert not e.its.msi(device_id, event_id)
+    assert not e.its.translate(device_id, event_id)
     fault = e.faults()[-1]
     assert fault.device_id == device_id and fault.event_id == event_id
     assert why in fault.message
@@ -393,13 +392,13 @@ def test_msi_to_a_disabled_its_faults(ready: Env) -> None:
     e = ready
     e.map_events(1, 2, {0: (LPI, 0)})
     e.write(GITS_CTLR, 0)
-    assert not e.its.msi(1, 0)
+    assert not e.its.translate(1, 0)
     e.write(GITS_TRANSLATER, 0)
     assert len(e.faults()) == 2
     assert all("disabled" in f.message for f in e.faults())
     assert e.drain_all() == {}
     e.write(GITS_CTLR, 1)
-    assert e.its.msi(1, 0)
+    assert e.its.translate(1, 0)
     assert e.drain_all() == {0: [LPI]}
 
 
@@ -407,7 +406,7 @@ def test_msi_to_a_redistributor_without_lpis_is_dropped(ready: Env) -> None:
     e = ready
     e.map_events(1, 2, {0: (LPI, 2)})
     e.d.gicr_write(2, 0x0, 0)  # GICR_CTLR.EnableLPIs = 0
-    assert not e.its.msi(1, 0)
+    assert not e.its.translate(1, 0)
     assert e.log.of(Kind.LPI_DROPPED)
     assert e.drain_all() == {}
 

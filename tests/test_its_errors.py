@@ -229,7 +229,7 @@ def test_failed_mapd_writes_nothing(base: Env) -> None:
     e.send(C.Mapd(3, 16, 0x4000_0000, True))  # ITTSIZE_OOR
     dt = e.read64(GITS_BASER) & 0x0000_FFFF_FFFF_F000
     assert e.mem.read64(dt + 3 * 8) == 0
-    assert not e.its.msi(3, 0)
+    assert not e.its.translate(3, 0)
 
 
 # == check order (docs/spec-notes.md section 1: 01, 03, 04, 05, 06, 07, 09) ======================
@@ -310,5 +310,5 @@ def test_table_outside_ram(policy: ErrorPolicy, kind: int) -> None:
     # kind 1: the MAPD's DTE write faults; kind 4: the MAPC's CTE write faults
     assert e.codes()[0] == E.MEMORY_FAULT
     assert e.errors()[0].offset == (0x20 if kind == 1 else 0)
-    assert not e.its.msi(1, 0)  # no exception; a translation fault
+    assert not e.its.translate(1, 0)  # no exception; a translation fault
     assert e.log.of(Kind.TRANSLATION_FAULT)

@@ -25,13 +25,9 @@ from conftest import (
     its_config,
     stalling,
 )
+from vgic.gicv3.attributes import sanitise_inner_cache, sanitise_outer_cache, sanitise_shareability
 from vgic.its import commands as C
-from vgic.its.registers import (
-    ItsTyper,
-    sanitise_inner_cache,
-    sanitise_outer_cache,
-    sanitise_shareability,
-)
+from vgic.its.registers import ItsTyper
 
 QUIESCENT = 1 << 31
 VALID = 1 << 63

@@ -82,11 +82,11 @@ def test_flat_device_table(code: int, page: int) -> None:
     e.send(C.Mapd(last, 1, itt(e), True), C.Mapti(last, 3, LPI + 3, 1))
     assert not e.errors()
     assert e.mem.read64(base + last * esize) >> 63 == 1
-    assert e.its.msi(last, 3)
+    assert e.its.translate(last, 3)
     assert e.drain_all() == {1: [LPI + 3]}
     e.send(C.Mapd(capacity, 1, itt(e), True))
     assert e.codes() == [ItsError.MAPD_DEVICE_OOR]
-    assert not e.its.msi(capacity, 0)
+    assert not e.its.translate(capacity, 0)
 
 
 # == two-level device tables =================================================================
@@ -115,11 +115,11 @@ def test_two_level_device_table(wide: ItsConfig, code: int, page: int) -> None:
     dte = e.mem.read64(l2 + 5 * esize)
     assert dte >> 63 == 1
     e.send(C.Mapti(dev, 0, LPI + 50, 2))
-    assert e.its.msi(dev, 0)
+    assert e.its.translate(dev, 0)
     assert e.drain_all() == {2: [LPI + 50]}
     # neighbours in other level-1 ranges are still out of range
     for other in (dev - per_page, dev + per_page):
-        assert not e.its.msi(other, 0)
+        assert not e.its.translate(other, 0)
     e.send(C.Int(dev + per_page, 0))
     assert e.codes()[-1] == ItsError.INT_DEVICE_OOR
 
@@ -149,7 +149,7 @@ def test_level2_page_at_the_very_end_of_ram(wide: ItsConfig) -> None:
     e.send(C.Mapd(dev, 1, itt(e), True), C.Mapti(dev, 1, LPI + 1, 3))
     assert not e.errors()
     assert e.mem.read64(RAM_BASE + RAM_SIZE - 8) >> 63 == 1
-    assert e.its.msi(dev, 1)
+    assert e.its.translate(dev, 1)
     assert e.drain_all() == {3: [LPI + 1]}
 
 
@@ -160,7 +160,7 @@ def test_level2_page_outside_ram(wide: ItsConfig) -> None:
     e.mem.write64(l1, VALID | (RAM_BASE + RAM_SIZE))
     e.send(C.Mapd(1, 1, itt(e), True))
     assert e.codes() == [ItsError.MEMORY_FAULT]
-    assert not e.its.msi(1, 0)
+    assert not e.its.translate(1, 0)
 
 
 def test_level1_entry_pa_bits_above_the_page_are_used(wide: ItsConfig) -> None:
@@ -207,7 +207,7 @@ def test_two_level_collection_table() -> None:
     assert len(e.errors()) == 1
     assert e.mem.read64(l2 + (600 - 512) * 8) == VALID | 1
     e.map_events(1, 1, {0: (LPI, 600)})
-    assert e.its.msi(1, 0)
+    assert e.its.translate(1, 0)
     assert e.drain_all() == {1: [LPI]}
 
 
@@ -221,7 +221,7 @@ def test_hcc_collections_need_no_memory() -> None:
     assert e.mem.read_bytes(base, page * pages) == bytes(page * pages), "no CTE written"
     e.map_events(1, 2, {cpu: (LPI + cpu, cpu) for cpu in range(4)})
     for cpu in range(4):
-        e.its.msi(1, cpu)
+        e.its.translate(1, cpu)
     assert e.drain_all() == {cpu: [LPI + cpu] for cpu in range(4)}
     e.send(C.Mapc(4, 1, True))  # the first ICID held in memory
     assert not e.errors()
@@ -241,7 +241,7 @@ def test_hcc_only_collections_enable_without_a_collection_table() -> None:
     e.send(*(C.Mapc(n, n, True) for n in range(4)))
     assert not e.errors()
     e.map_events(1, 2, {0: (LPI, 3)})
-    e.its.msi(1, 0)
+    e.its.translate(1, 0)
     assert e.drain_all() == {3: [LPI]}
     e.send(C.Mapc(4, 0, True))
     assert e.codes() == [ItsError.MAPC_COLLECTION_OOR]
@@ -270,7 +270,7 @@ def test_hcc_mappings_survive_disable_and_enable() -> None:
     e.map_events(1, 2, {0: (LPI, 2)})
     e.write(GITS_CTLR, 0)
     e.write(GITS_CTLR, 1)
-    assert e.its.msi(1, 0)
+    assert e.its.translate(1, 0)
     assert e.drain_all() == {2: [LPI]}
 
 
@@ -283,7 +283,7 @@ def test_reenable_rereads_the_tables(pta: bool) -> None:
     e = build(its_config(pta=pta))
     e.bring_up()
     t = e.map_events(1, 2, {0: (LPI, 1)})
-    assert e.its.msi(1, 0)
+    assert e.its.translate(1, 0)
     assert e.drain_all() == {1: [LPI]}
     e.write(GITS_CTLR, 0)
     # software edits the tables while the ITS is disabled
@@ -291,11 +291,11 @@ def test_reenable_rereads_the_tables(pta: bool) -> None:
     ct, _, _, _ = table_geometry(e, 4)
     e.mem.write64(ct + 2 * 8, VALID | e.rdbase(3))  # CTE: ICID 2 -> CPU 3
     e.write(GITS_CTLR, 1)
-    assert e.its.msi(1, 0)
+    assert e.its.translate(1, 0)
     assert e.drain_all() == {3: [LPI + 7]}
     # and the normal flow still works on top of the re-read tables
     e.send(C.Mapti(1, 1, LPI + 8, 0), C.Int(1, 1), C.Movi(1, 0, 1))
-    e.its.msi(1, 0)
+    e.its.translate(1, 0)
     assert not e.errors()
     assert e.drain_all() == {0: [LPI + 8], 1: [LPI + 7]}
 
@@ -304,12 +304,12 @@ def test_reenable_sees_an_unmapped_device(pta: bool) -> None:
     e = build()
     e.bring_up()
     e.map_events(1, 2, {0: (LPI, 1)})
-    assert e.its.msi(1, 0)
+    assert e.its.translate(1, 0)
     e.write(GITS_CTLR, 0)
     dt, _, _, _ = table_geometry(e, 1)
     e.mem.write64(dt + 8, 0)  # DTE of device 1 cleared
     e.write(GITS_CTLR, 1)
-    assert not e.its.msi(1, 0)
+    assert not e.its.translate(1, 0)
 
 
 def test_moved_tables_after_reprogramming_basers() -> None:
@@ -327,7 +327,7 @@ def test_moved_tables_after_reprogramming_basers() -> None:
         e.write64(off, v & ~0x0000_FFFF_FFFF_F000 | new)
     e.write64(GITS_CWRITER, e.cwriter)
     e.write(GITS_CTLR, 1)
-    assert e.its.msi(1, 0)
+    assert e.its.translate(1, 0)
     assert e.drain_all() == {2: [LPI]}
 
 
@@ -346,5 +346,5 @@ def test_64k_device_table_above_48_bits_of_pa() -> None:
     e.send(C.Mapd(5, 1, itt(e), True), C.Mapti(5, 0, LPI, 2))
     assert not e.errors()
     assert e.mem.read64(high + 5 * 8) >> 63 == 1
-    assert e.its.msi(5, 0)
+    assert e.its.translate(5, 0)
     assert e.drain_all() == {2: [LPI]}

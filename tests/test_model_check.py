@@ -2,7 +2,7 @@
 
 A hypothesis state machine drives a 1..4 CPU GIC through its public interfaces only: ITS
 commands written into the ring by :class:`vgic.driver.ItsDriver` (valid and invalid
-arguments, under both error policies), device MSIs (``Its.msi``), GICR_* MMIO (EnableLPIs,
+arguments, under both error policies), device MSIs (``Its.translate``), GICR_* MMIO (EnableLPIs,
 SETLPIR/CLRLPIR/INVLPIR/INVALLR), LPI configuration table writes, and ICC_* system
 registers (acknowledge, EOI). After every step the redistributors' pending LPIs and cached
 configurations, HPPIR1, RPR and the IRQ line must equal the reference model's; every
@@ -26,7 +26,7 @@ from conftest import stalling
 from reference_model import LPI_BASE, SPURIOUS, RefGic
 from vgic.driver import GICR_CTLR, GICR_INVALLR, GICR_INVLPIR, Allocator, ItsDriver
 from vgic.events import EventLog, Kind
-from vgic.gicv3.gic import Gic, GicConfig
+from vgic.gic import Gic, GicConfig
 from vgic.gicv3.redistributor import RedistributorConfig
 from vgic.its import commands as C
 from vgic.its.its import ErrorPolicy
@@ -170,7 +170,7 @@ class GicMachine(RuleBasedStateMachine):
     @rule(dev=devices, event=events)
     def msi(self, dev: int, event: int) -> None:
         expected = self.ref.msi(dev, event)
-        assert self.gic.its[0].msi(dev, event) == expected
+        assert self.gic.its[0].translate(dev, event) == expected
 
     @rule(intid=st.sampled_from(POOL), priority=st.sampled_from(PRIORITIES), enabled=st.booleans())
     def write_config(self, intid: int, priority: int, enabled: bool) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from vgic.driver import Allocator, ItsDriver
 from vgic.events import EventLog, Kind
-from vgic.gicv3.gic import Gic, GicConfig
+from vgic.gic import Gic, GicConfig
 from vgic.its import commands as C
 from vgic.machine.pci import Fabric
 from vgic.memory import GuestMemory

@@ -20,7 +20,7 @@ from conftest import GITS_BASER, GITS_CTLR, GITS_CWRITER, GITS_IIDR, GITS_TYPER,
 from vgic import snapshot
 from vgic.driver import Allocator, ItsDriver
 from vgic.events import Kind
-from vgic.gicv3.gic import Gic, GicConfig
+from vgic.gic import Gic, GicConfig
 from vgic.its import commands as C
 from vgic.its.errors import ItsError
 from vgic.its.its import ErrorPolicy, ItsConfig
@@ -171,7 +171,7 @@ def test_gic600_packs_4_byte_ites_and_2_byte_collection_entries() -> None:
     its.write(GITS_CTLR, 4, 0)  # disabling drops the host caches: translation reads the packed entries
     its.write(GITS_CTLR, 4, 1)
     assert its.enabled and its.cached_device(3) is None
-    assert its.msi(3, 7) and its.msi(3, 8)
+    assert its.translate(3, 7) and its.translate(3, 8)
     assert d.drain(3) == [0xFFFF] and d.drain(2) == [LPI]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vgic.events import Kind
-from vgic.gicv3.gic import Gic, GicConfig
+from vgic.gic import Gic, GicConfig
 from vgic.gicv3.redistributor import LPI_BASE, RD_FRAME_SIZE, Redistributor, RedistributorConfig
 from vgic.memory import GuestMemory
 

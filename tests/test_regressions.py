@@ -1,7 +1,7 @@
 """Regression tests for the bug classes public ITS emulators have shipped (one test each).
 
 Every test drives the model only as a guest or a device can (MMIO, the command queue,
-guest memory, ``Its.msi``, ICC_* registers) and checks the architected outcome: the
+guest memory, ``Its.translate``, ICC_* registers) and checks the architected outcome: the
 command error code (IHI 0069 6.3; vgic's MEMORY_FAULT 0x01FF01 for tables outside RAM,
 docs/choices.md), an ignored MSI (12.19.21), a diagnostic, and never a Python exception.
 """
@@ -30,7 +30,7 @@ from conftest import (
 )
 from vgic.driver import Allocator, ItsDriver
 from vgic.events import Kind
-from vgic.gicv3.gic import Gic, GicConfig
+from vgic.gic import Gic, GicConfig
 from vgic.its import commands as C
 from vgic.its.errors import ItsError as E
 from vgic.its.its import ErrorPolicy
@@ -76,7 +76,7 @@ def test_rdbase_equal_to_cpu_count_is_out_of_range(pta: bool) -> None:
     # the last real RDbase works
     e2.map_events(1, 2, {0: (LPI, 0)})
     e2.send(C.Mapc(0, e2.rdbase(3), True))
-    assert e2.its.msi(1, 0)
+    assert e2.its.translate(1, 0)
     assert e2.drain_all() == {3: [LPI]}
 
 
@@ -95,9 +95,9 @@ def test_device_id_beyond_devbits_inside_the_table() -> None:
     e.mem.write64(base + 256 * 8, e.mem.read64(base + 255 * 8))  # a guest forging the DTE
     e.send(C.Mapti(256, 0, LPI, 0), C.Mapti(255, 0, LPI + 1, 0))
     assert e.codes() == [E.MAPD_DEVICE_OOR, E.MAPTI_DEVICE_OOR]
-    assert not e.its.msi(256, 0)
-    assert not e.its.msi(256 + (1 << 32), 0)  # and no wrap-around of a wide DeviceID
-    assert e.its.msi(255, 0)
+    assert not e.its.translate(256, 0)
+    assert not e.its.translate(256 + (1 << 32), 0)  # and no wrap-around of a wide DeviceID
+    assert e.its.translate(255, 0)
     assert e.drain_all() == {0: [LPI + 1]}
 
 
@@ -116,9 +116,9 @@ def test_event_id_range_edges(size: int) -> None:
     e.send(C.Mapti(1, last, LPI, 1), C.Mapti(1, first_out, LPI + 1, 1), C.Int(1, first_out),
            C.Discard(1, first_out), C.Movi(1, first_out, 2), C.Mapi(1, first_out, 1))  # fmt: skip
     assert e.codes() == [E.MAPTI_ID_OOR, E.INT_ID_OOR, E.DISCARD_ID_OOR, E.MOVI_ID_OOR, E.MAPI_ID_OOR]
-    assert e.its.msi(1, last)
-    assert not e.its.msi(1, first_out)
-    assert not e.its.msi(1, 0xFFFF_FFFF)
+    assert e.its.translate(1, last)
+    assert not e.its.translate(1, first_out)
+    assert not e.its.translate(1, 0xFFFF_FFFF)
     assert e.drain_all() == {1: [LPI]}
 
 
@@ -158,7 +158,7 @@ def test_level2_entry_address_validated_table_at_the_end_of_ram() -> None:
     assert codes == [E.MEMORY_FAULT, E.MEMORY_FAULT]
     assert "outside RAM" in gic.log.errors[0].message
     assert mem.read64(RAM_BASE + 0x1_8000 - 8) >> 63 == 1
-    assert not its.msi(last_in_ram + 1, 0)
+    assert not its.translate(last_in_ram + 1, 0)
     assert gic.log.of(Kind.TRANSLATION_FAULT)
 
 
@@ -173,8 +173,8 @@ def test_ite_straddling_the_end_of_ram_is_all_or_nothing() -> None:
     e.send(C.Mapd(1, 5, itt, True), C.Mapti(1, event, LPI, 0), C.Mapti(1, event - 1, LPI + 1, 0))
     assert e.codes() == [E.MEMORY_FAULT]
     assert e.mem.read64(RAM_BASE + RAM_SIZE - 8) == 0  # not even the first 8 bytes
-    assert not e.its.msi(1, event)
-    assert e.its.msi(1, event - 1)
+    assert not e.its.translate(1, event)
+    assert e.its.translate(1, event - 1)
 
 
 # == a command straddling the end of RAM ==========================================================
@@ -243,7 +243,7 @@ def test_invalidation_races_with_msis(how: str) -> None:
     def device() -> None:
         try:
             while not stop.is_set():
-                e.its.msi(1, 0)
+                e.its.translate(1, 0)
         except BaseException as exc:
             errors.append(exc)
 
@@ -292,14 +292,14 @@ def test_invall_on_unmapped_and_out_of_range_collections() -> None:
 def test_mapti_of_a_mapped_event_replaces_it_without_stale_state() -> None:
     e = ready()
     e.map_events(1, 2, {0: (LPI, 1)})
-    assert e.its.msi(1, 0)  # LPI pending on CPU 1, and the ITE cached
+    assert e.its.translate(1, 0)  # LPI pending on CPU 1, and the ITE cached
     e.send(C.Mapti(1, 0, LPI + 5, 2))
     assert not e.errors()
     assert any("already mapped" in d.message and "UNPREDICTABLE" in d.message for d in e.diags())
-    assert e.its.msi(1, 0)
+    assert e.its.translate(1, 0)
     assert e.drain_all() == {1: [LPI], 2: [LPI + 5]}  # old pending state stays where it was
     e.send(C.Discard(1, 0))  # DISCARD acts on the new mapping only
-    assert not e.its.msi(1, 0)
+    assert not e.its.translate(1, 0)
     assert e.drain_all() == {}
 
 
@@ -310,7 +310,7 @@ def test_movall_ors_into_a_busy_target() -> None:
     e = ready()
     e.map_events(1, 3, {0: (LPI, 0), 1: (LPI + 1, 0), 2: (LPI + 1, 1), 3: (LPI + 2, 1)})
     for ev in range(4):
-        assert e.its.msi(1, ev)
+        assert e.its.translate(1, ev)
     assert e.pending(0) == {LPI, LPI + 1} and e.pending(1) == {LPI + 1, LPI + 2}
     e.send(C.Movall(e.rdbase(0), e.rdbase(1)))
     assert not e.errors()
@@ -373,7 +373,7 @@ def test_tables_outside_ram_are_errors_not_host_accesses(where: int) -> None:
         assert e.codes() and set(e.codes()) <= {E.MEMORY_FAULT, E.MAPTI_UNMAPPED_DEVICE, E.INT_UNMAPPED_DEVICE,
                                                 E.INVALL_UNMAPPED_COLLECTION}  # fmt: skip
         assert all("outside RAM" in ev.message or "not mapped" in ev.message for ev in e.errors())
-        assert not e.its.msi(1, 0)
+        assert not e.its.translate(1, 0)
         # redistributor tables outside RAM: diagnostics, LPIs still handled
         e.d.gicr_write(0, GICR_CTLR, 0)
         e.d.gicr_write(0, 0x70, where | 15, 8)  # PROPBASER, 16 ID bits
@@ -398,23 +398,23 @@ def test_shared_itt_and_overlapping_tables_never_serve_stale_translations() -> N
     e = ready(policy=ErrorPolicy.CONTINUE, itt_entry_size=8)  # 8-byte ITEs: an ITE lands on one DTE
     itt = e.heap.alloc(256, 256)
     e.send(C.Mapd(1, 1, itt, True), C.Mapd(2, 1, itt, True), C.Mapti(1, 3, LPI, 0))
-    assert e.its.msi(2, 3) and e.its.msi(1, 3)  # both cache the same ITE
+    assert e.its.translate(2, 3) and e.its.translate(1, 3)  # both cache the same ITE
     e.drain_all()
     e.send(C.Discard(2, 3))  # through device 2
-    assert not e.its.msi(1, 3)  # device 1's cached copy was dropped with it
+    assert not e.its.translate(1, 3)  # device 1's cached copy was dropped with it
     e.send(C.Mapti(1, 2, LPI + 1, 0), C.Movi(2, 2, 3))
-    assert e.its.msi(1, 2)
+    assert e.its.translate(1, 2)
     assert e.drain_all() == {3: [LPI + 1]}
     # an ITT over the device table: a MAPTI rewrites device 4's DTE; its cache must follow
     dt = e.read64(baser_offset(e, BASER_TYPE_DEVICE)) & 0x0000_FFFF_FFFF_F000
     e.send(C.Mapd(4, 1, e.heap.alloc(256, 256), True), C.Mapti(4, 0, LPI + 2, 0), C.Mapd(5, 3, dt, True))
-    assert e.its.msi(4, 0)
+    assert e.its.translate(4, 0)
     e.send(C.Mapti(5, 4, LPI + 3, 0))  # EventID 4 of device 5 is device 4's DTE: overwritten
     assert not e.errors()
-    assert not e.its.msi(4, 0)  # the DTE now names an ITT outside RAM: ignored, not the cached ITT
+    assert not e.its.translate(4, 0)  # the DTE now names an ITT outside RAM: ignored, not the cached ITT
 
 
-# == IDs from an embedder's bus are checked too (Its.msi is the device-side API) ==================
+# == IDs from an embedder's bus are checked too (Its.translate is the device-side API) ==================
 
 
 def test_negative_or_huge_ids_from_the_bus_are_ignored() -> None:
@@ -422,7 +422,7 @@ def test_negative_or_huge_ids_from_the_bus_are_ignored() -> None:
     itt = e.map_events(1, 2, {0: (LPI, 0), 1: (LPI + 1, 1)})
     e.mem.write64(itt - 8, VALID | (LPI + 2) << 16 | 2)  # a valid-looking ITE just below the ITT
     for dev, ev in [(1, -1), (-1, 0), (1, 1 << 32), (1 << 32 | 1, 0), (1, -(1 << 40))]:
-        assert not e.its.msi(dev, ev)
+        assert not e.its.translate(dev, ev)
     assert e.drain_all() == {}
     e.write(0x10040, 1)  # GITS_TRANSLATER from a CPU: the default DeviceID, EventID 1 (32 bits)
     assert e.drain_all() == {}

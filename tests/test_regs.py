@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vgic.events import EventLog, Kind
-from vgic.regs import Access, Register, RegisterBank, deposit, field
+from vgic.regs import Access, Reader, Register, RegisterBank, Writer, deposit, field
 
 
 class Device:
@@ -28,11 +28,8 @@ class Device:
     def write_ARR(self, index: int, value: int, mask: int) -> None:
         self.writes.append(("ARR", index, value, mask))
 
-    def write_RO(self, index: int, value: int, mask: int) -> None:  # must never be called
-        self.writes.append(("RO", index, value, mask))
-
-    def read_WO(self, index: int) -> int:  # must never be called
-        raise AssertionError("a write-only register's reader ran")
+    def handlers(self) -> dict[str, tuple[Reader | None, Writer | None]]:
+        return {"H64": (self.read_H64, self.write_H64), "ARR": (self.read_ARR, self.write_ARR)}
 
 
 REGISTERS = [
@@ -60,7 +57,7 @@ def dev() -> Device:
 
 @pytest.fixture
 def bank(dev: Device, log: EventLog) -> RegisterBank:
-    return RegisterBank(dev, REGISTERS, log, "toy")
+    return RegisterBank(REGISTERS, log, "toy", dev.handlers(), device=dev)
 
 
 def diags(log: EventLog) -> list[str]:
@@ -201,9 +198,35 @@ def test_bank_set_truncates_to_width(bank: RegisterBank) -> None:
 
 def test_overlapping_registers_refused(log: EventLog) -> None:
     with pytest.raises(ValueError, match="overlaps"):
-        RegisterBank(object(), [Register("A", 0, 8), Register("B", 4, 4)], log, "bad")
+        RegisterBank([Register("A", 0, 8), Register("B", 4, 4)], log, "bad")
     with pytest.raises(ValueError, match="overlaps"):
-        RegisterBank(object(), [Register("A", 0, 4, count=4), Register("B", 0xC, 4)], log, "bad")
+        RegisterBank([Register("A", 0, 4, count=4), Register("B", 0xC, 4)], log, "bad")
+
+
+def test_handlers_are_bound_explicitly_and_checked(dev: Device, log: EventLog) -> None:
+    """A misspelt, dead or forgotten handler fails when the bank is built, not silently."""
+    h = dev.handlers()
+    with pytest.raises(ValueError, match="H46, which is no register"):
+        RegisterBank(REGISTERS, log, "toy", {**h, "H46": (dev.read_H64, None)})
+    with pytest.raises(ValueError, match="WO is WO: a read handler would never run"):
+        RegisterBank(REGISTERS, log, "toy", {**h, "WO": (dev.read_H64, None)})
+    with pytest.raises(ValueError, match="RO is RO: a write handler would never run"):
+        RegisterBank(REGISTERS, log, "toy", {**h, "RO": (None, dev.write_ARR)})
+    with pytest.raises(ValueError, match=r"Device.write_ARR is bound to no register"):
+        RegisterBank(REGISTERS, log, "toy", {"H64": h["H64"], "ARR": (dev.read_ARR, None)}, device=dev)
+
+
+def test_every_model_binds_all_its_handlers() -> None:
+    """Building a whole GIC and machine devices runs the binding checks on every block."""
+    from vgic.gic import Gic, GicConfig
+    from vgic.memory import GuestMemory
+    from vgic.profiles import PROFILES, gic_config
+
+    for name in PROFILES:
+        gic = Gic(GuestMemory(), gic_config(name, 2))
+        assert gic.its[0].regs._writers["CWRITER"] == gic.its[0].write_CWRITER
+        assert gic.sgi_frames[1].regs._writers["ISENABLER0"] is not None
+    assert GicConfig().profile == "qemu"
 
 
 def test_field_and_deposit() -> None:

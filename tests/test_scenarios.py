@@ -34,12 +34,11 @@ def sys4(pta: bool) -> Env:
 def test_msis_int_and_translater_on_four_cpus(sys4: Env) -> None:
     e = sys4
     for ev in range(8):
-        e.its.msi(NET, ev)
+        e.its.translate(NET, ev)
     assert e.drain_all() == {cpu: [LPI + cpu, LPI + cpu + 4] for cpu in range(4)}
     e.send(C.Int(DISK, 5), C.Int(NET, 6))
     assert e.drain_all() == {0: [LPI + 113], 2: [LPI + 6]}
-    e.its.bus_device_id = DISK
-    e.write(GITS_TRANSLATER, 7)
+    e.its.write(GITS_TRANSLATER, 4, 7, requester_id=DISK)
     assert e.drain_all() == {0: [LPI + 115]}
     e.map_events(0, 1, {1: (LPI + 500, 3)})  # DeviceID 0: a plain CPU store's default
     e.d.cpu_store_translater(1)
@@ -51,7 +50,7 @@ def test_disable_in_property_table_inv_then_invall(sys4: Env) -> None:
     e = sys4
     e.d.configure_lpi(LPI + 108, enabled=False)
     e.send(C.Inv(DISK, 0))
-    e.its.msi(DISK, 0)
+    e.its.translate(DISK, 0)
     assert e.drain_all() == {}, "disabled LPI must not be delivered"
     assert e.pending(0) == {LPI + 108}, "it stays pending"
     e.d.configure_lpi(LPI + 108, enabled=True)
@@ -66,8 +65,8 @@ def test_priorities_from_the_property_table(sys4: Env) -> None:
     e.d.configure_lpi(LPI + 110, priority=0x80)
     e.send(C.Invall(0))
     for ev in (0, 2, 7, 4):  # DISK events 0..7 -> LPIs 8300..8307, all on CPU 0
-        e.its.msi(DISK, ev)
-    e.its.msi(NET, 4)  # LPI 8196 on CPU 0, default priority 0xA0
+        e.its.translate(DISK, ev)
+    e.its.translate(NET, 4)  # LPI 8196 on CPU 0, default priority 0xA0
     # a newly pending LPI reads its configuration byte: 8307 at 0x10, 8302 at 0x80, the
     # rest at 0xA0 in INTID order
     assert e.drain(0) == [LPI + 115, LPI + 110, LPI + 4, LPI + 108, LPI + 112]
@@ -77,30 +76,30 @@ def test_mapd_v0_then_nothing(sys4: Env) -> None:
     e = sys4
     e.send(C.Mapd(NET, 0, 0, False))
     for ev in range(8):
-        assert not e.its.msi(NET, ev)
+        assert not e.its.translate(NET, ev)
     assert len(e.faults()) == 8
     assert e.drain_all() == {}
-    e.its.msi(DISK, 1)
+    e.its.translate(DISK, 1)
     assert e.drain_all() == {0: [LPI + 109]}
 
 
 def test_movi_moves_a_pending_lpi(sys4: Env) -> None:
     e = sys4
-    e.its.msi(NET, 1)  # pending on CPU 1
+    e.its.translate(NET, 1)  # pending on CPU 1
     e.send(C.Movi(NET, 1, 3), C.Sync(e.rdbase(1)))
     assert e.pending(1) == frozenset()
     assert e.drain_all() == {3: [LPI + 1]}
-    e.its.msi(NET, 1)
+    e.its.translate(NET, 1)
     assert e.drain_all() == {3: [LPI + 1]}
 
 
 def test_movall_ors_into_a_busy_cpu(sys4: Env) -> None:
     e = sys4
     for ev in (0, 4):  # CPU 0: 8192, 8196
-        e.its.msi(NET, ev)
-    e.its.msi(DISK, 3)  # CPU 0: 8303
+        e.its.translate(NET, ev)
+    e.its.translate(DISK, 3)  # CPU 0: 8303
     for ev in (3, 7):  # CPU 3: 8195, 8199
-        e.its.msi(NET, ev)
+        e.its.translate(NET, ev)
     # the same LPI pending on both sides: it must end up pending once on CPU 0
     e.d.gicr_write(3, 0x40, LPI + 111, 8)  # GICR_SETLPIR on CPU 3: LPI 8303
     assert e.pending(3) == {LPI + 3, LPI + 7, LPI + 111}
@@ -109,20 +108,20 @@ def test_movall_ors_into_a_busy_cpu(sys4: Env) -> None:
     assert e.pending(3) == frozenset()
     assert e.pending(0) == {LPI, LPI + 4, LPI + 111, LPI + 3, LPI + 7}
     assert e.drain_all() == {0: [LPI, LPI + 3, LPI + 4, LPI + 7, LPI + 111]}
-    e.its.msi(NET, 3)
+    e.its.translate(NET, 3)
     assert e.drain_all() == {0: [LPI + 3]}
 
 
 def test_discard_removes_pending_state(sys4: Env) -> None:
     e = sys4
-    e.its.msi(NET, 2)
-    e.its.msi(NET, 6)
+    e.its.translate(NET, 2)
+    e.its.translate(NET, 6)
     e.send(C.Discard(NET, 2))
     assert e.drain_all() == {2: [LPI + 6]}
-    assert not e.its.msi(NET, 2)
+    assert not e.its.translate(NET, 2)
     # the event can be mapped again afterwards
     e.send(C.Mapti(NET, 2, LPI + 2, 1))
-    e.its.msi(NET, 2)
+    e.its.translate(NET, 2)
     assert e.drain_all() == {1: [LPI + 2]}
 
 
@@ -142,9 +141,9 @@ def test_stall_fix_and_retry(sys4: Env) -> None:
 
 def test_its_disable_enable_mid_flow(sys4: Env) -> None:
     e = sys4
-    e.its.msi(NET, 1)
+    e.its.translate(NET, 1)
     e.write(GITS_CTLR, 0)
-    assert not e.its.msi(NET, 2)
+    assert not e.its.translate(NET, 2)
     e.send(C.Int(NET, 3))  # queued while disabled
     assert e.pending(3) == frozenset()
     e.write(GITS_CTLR, 1)
@@ -196,19 +195,19 @@ def test_two_its_share_the_redistributors() -> None:
     d1.send(C.Mapti(7, 0, LPI + 70, 0))
     assert not e.errors()
     # same DeviceID on two ITSes: two different translations
-    its0.msi(1, 0)
-    its1.msi(1, 0)
+    its0.translate(1, 0)
+    its1.translate(1, 0)
     assert e.drain_all() == {1: [LPI], 2: [LPI + 50]}
     # both ITSes raise LPI 8193 on CPU 2: one pending LPI
-    its0.msi(1, 1)
-    its1.msi(1, 1)
+    its0.translate(1, 1)
+    its1.translate(1, 1)
     assert e.drain_all() == {2: [LPI + 1]}
     # GITS_TRANSLATER of each ITS, through the GIC's address map
     e.gic.write(bases[1] + GITS_TRANSLATER, 4, 0)  # ITS 1's default DeviceID is 7
     assert e.drain_all() == {3: [LPI + 70]}
     # disabling one ITS leaves the other working
     e.gic.write(bases[0] + GITS_CTLR, 4, 0)
-    assert not its0.msi(1, 0)
-    assert its1.msi(1, 0)
+    assert not its0.translate(1, 0)
+    assert its1.translate(1, 0)
     assert e.drain_all() == {2: [LPI + 50]}
     assert {f.source for f in e.log.of(Kind.TRANSLATION_FAULT)} == {"its0"}

@@ -22,7 +22,7 @@ from conftest import stalling
 from vgic import snapshot
 from vgic.driver import Allocator, ItsDriver
 from vgic.events import Kind
-from vgic.gicv3.gic import Gic, GicConfig
+from vgic.gic import Gic, GicConfig
 from vgic.its import commands as C
 from vgic.its.its import ErrorPolicy
 from vgic.memory import GuestMemory
@@ -240,7 +240,7 @@ def test_a_format_1_gic_snapshot_is_upgraded() -> None:
     assert gic.config.redistributor.direct_lpi
     assert its.stalled and its.read(0x90, 4) & 1
     assert gic.redistributors[0].pending_lpis == {8192} and gic.redistributors[1].pending_lpis == {8193}
-    assert its.msi(3, 1) and its.cached_device(3) is not None
+    assert its.translate(3, 1) and its.cached_device(3) is not None
 
 
 def test_a_format_1_machine_snapshot_restores_and_runs() -> None:

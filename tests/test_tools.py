@@ -13,7 +13,7 @@ import pytest
 from vgic import snapshot
 from vgic.driver import Allocator, ItsDriver
 from vgic.events import Kind
-from vgic.gicv3.gic import Gic, GicConfig
+from vgic.gic import Gic, GicConfig
 from vgic.its import commands as C
 from vgic.its.registers import ItsTyper
 from vgic.memory import GuestMemory

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from vgic.driver import Allocator, ItsDriver
 from vgic.events import Kind
-from vgic.gicv3.gic import Gic, GicConfig
+from vgic.gic import Gic, GicConfig
 from vgic.its import commands as C
 from vgic.memory import GuestMemory
 

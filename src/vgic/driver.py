@@ -8,7 +8,7 @@ reaches into a model's internals, so it exercises exactly what a guest can.
 
 from __future__ import annotations
 
-from vgic.gicv3.gic import Gic
+from vgic.gic import Gic
 from vgic.gicv3.redistributor import LPI_BASE, RD_FRAME_SIZE
 from vgic.its import commands as C
 from vgic.its.registers import BASER_TYPE_COLLECTION, BASER_TYPE_DEVICE
@@ -158,7 +158,7 @@ class ItsDriver:
 
     def msi(self, device_id: int, event_id: int) -> bool:
         """A device MSI (the bus supplies the DeviceID)."""
-        return self.gic.its[self.its_index].msi(device_id, event_id)
+        return self.gic.its[self.its_index].translate(device_id, event_id)
 
     def cpu_store_translater(self, event_id: int) -> None:
         """A plain CPU store to GITS_TRANSLATER (no requester: the default DeviceID)."""

@@ -7,9 +7,13 @@ the device, with one rule set for every GIC block:
 * A 64-bit register is also two 32-bit halves: CPU engines split 64-bit accesses, and
   the architecture permits 32-bit access to either half (IHI 0069 12.1.3).
 * A plain storage register keeps its value; writes change only ``wmask`` bits.
-* A register with behaviour has ``read_<name>(index)`` and/or
-  ``write_<name>(index, value, mask)`` methods on the device. ``mask`` tells which bits the
-  access wrote, so a handler acting on a field knows whether that field was written.
+* A register with behaviour is bound explicitly to its handlers, in a table the device
+  passes in (name -> (``read(index)``, ``write(index, value, mask)``)), the way KVM's
+  register descriptors carry their accessors. ``mask`` tells which bits the access wrote,
+  so a handler acting on a field knows whether that field was written. The bank checks
+  the table when it is built: a handler for a register that does not exist, a reader of a
+  write-only register, a writer of a read-only one, or a ``read_*``/``write_*`` method of
+  the device bound to nothing is a ValueError, never a silently dead handler.
 * Offsets with no register are reserved: RAZ/WI (IHI 0069 12.1.2), with a diagnostic.
 * Access widths (documented in docs/choices.md): 32-bit everywhere; 64-bit on 64-bit
   registers; a 64-bit access to a 32-bit register is split into two 32-bit accesses (what
@@ -20,7 +24,7 @@ the device, with one rule set for every GIC block:
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from vgic.events import EventLog, Kind
@@ -50,6 +54,9 @@ class Register:
 
 
 _Slot = tuple[Register, int, int]  # register, index in its array, byte offset within it
+Reader = Callable[[int], int]  # (index) -> value
+Writer = Callable[[int, int, int], None]  # (index, value, mask)
+Handlers = Mapping[str, tuple[Reader | None, Writer | None]]
 
 
 _LAYOUTS: dict[tuple[Register, ...], dict[int, _Slot]] = {}
@@ -81,18 +88,38 @@ class RegisterBank:
     which save/restore and inspection read directly.
     """
 
-    def __init__(self, device: object, registers: list[Register], log: EventLog, source: str) -> None:
-        self.device = device
+    def __init__(
+        self,
+        registers: Sequence[Register],
+        log: EventLog,
+        source: str,
+        handlers: Handlers | None = None,
+        device: object | None = None,
+    ) -> None:
+        """``handlers`` binds registers to behaviour; ``device``, when given, is checked to
+        have no ``read_*``/``write_*`` method left out of ``handlers``."""
         self.log = log
         self.source = source
         self.registers = {r.name: r for r in registers}
-        self.values: dict[str, list[int]] = {}
-        self._readers: dict[str, Callable[[int], int] | None] = {}
-        self._writers: dict[str, Callable[[int, int, int], None] | None] = {}
-        for r in registers:
-            self.values[r.name] = [r.reset] * r.count
-            self._readers[r.name] = getattr(device, f"read_{r.name}", None)
-            self._writers[r.name] = getattr(device, f"write_{r.name}", None)
+        self.values: dict[str, list[int]] = {r.name: [r.reset] * r.count for r in registers}
+        self._readers: dict[str, Reader | None] = dict.fromkeys(self.registers)
+        self._writers: dict[str, Writer | None] = dict.fromkeys(self.registers)
+        for name, (read, write) in (handlers or {}).items():
+            r = self.registers.get(name)
+            if r is None:
+                raise ValueError(f"{source}: a handler is bound to {name}, which is no register here")
+            if read is not None and r.access in (Access.WO, Access.RAZ_WI):
+                raise ValueError(f"{source}: {name} is {r.access.value}: a read handler would never run")
+            if write is not None and r.access in (Access.RO, Access.RAZ_WI):
+                raise ValueError(f"{source}: {name} is {r.access.value}: a write handler would never run")
+            self._readers[name], self._writers[name] = read, write
+        if device is not None:
+            bound = {f"read_{n}" for n, f in self._readers.items() if f} | {
+                f"write_{n}" for n, f in self._writers.items() if f
+            }
+            for attr in dir(type(device)):
+                if attr.startswith(("read_", "write_")) and attr[attr.index("_") + 1 :].isupper() and attr not in bound:
+                    raise ValueError(f"{source}: {type(device).__name__}.{attr} is bound to no register")
         self._words = _layout(tuple(registers))
 
     def reset(self) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from vgic.events import EventLog
-from vgic.gicv3.gic import Gic, GicConfig
+from vgic.gic import Gic, GicConfig
 from vgic.memory import GuestMemory
 
 FORMAT = "vgic-snapshot"

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from vgic.regs import Reader, Writer
+
 # The set/clear register pairs over a bank's bitmaps (IHI 0069 12.9, 12.10), by name
 # without the register number: register -> (bitmap, operation).
 BITMAP_REGISTERS: dict[str, tuple[str, str | None]] = {
@@ -161,13 +163,14 @@ def _attr(which: str) -> str:
     return "latched" if which == "pending" else which
 
 
-def install_bitmap_registers(owner: object, bank: InterruptBank, suffix: str = "",
-                             word: int | None = None, after: Callable[[], None] = lambda: None) -> None:  # fmt: skip
-    """Give ``owner`` the ``read_<REG><suffix>`` / ``write_<REG><suffix>`` handlers of every
-    register of :data:`BITMAP_REGISTERS` over ``bank`` (for a RegisterBank to find).
+def bitmap_handlers(bank: InterruptBank, suffix: str = "", word: int | None = None,
+                    after: Callable[[], None] = lambda: None) -> dict[str, tuple[Reader, Writer]]:  # fmt: skip
+    """The handlers of every register of :data:`BITMAP_REGISTERS` over ``bank``, by
+    register name + ``suffix``, for a RegisterBank's handler table.
 
     ``word`` fixes the bitmap word (the redistributor's ...R0 registers); otherwise the
     register's array index is the word. ``after`` runs after each write."""
+    handlers: dict[str, tuple[Reader, Writer]] = {}
     for name, (which, op) in BITMAP_REGISTERS.items():
 
         def read(index: int, which: str = which) -> int:
@@ -184,5 +187,5 @@ def install_bitmap_registers(owner: object, bank: InterruptBank, suffix: str = "
                 bank.write_word(which, n, value)
             after()
 
-        setattr(owner, f"read_{name}{suffix}", read)
-        setattr(owner, f"write_{name}{suffix}", write)
+        handlers[f"{name}{suffix}"] = (read, write)
+    return handlers

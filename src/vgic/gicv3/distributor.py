@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 
 from vgic.events import EventLog
-from vgic.gicv3.banked import InterruptBank, install_bitmap_registers
+from vgic.gicv3.banked import InterruptBank, bitmap_handlers
 from vgic.regs import Access, Register, RegisterBank, id_registers
 
 GICD_FRAME_SIZE = 0x10000
@@ -70,8 +70,16 @@ class Distributor:
         self.route_masks: list[int] = []  # per CPU: bitmap of SPIs routed there
         self.affinity_to_cpu: dict[int, int] = {}
         self.on_change: Callable[[], None] = lambda: None  # set by the GIC: update CPU interfaces
-        install_bitmap_registers(self, self.spis)
-        self.regs = RegisterBank(self, GICD_REGISTERS, log, "gicd")
+        handlers = {
+            **bitmap_handlers(self.spis),
+            "CTLR": (None, self.write_CTLR),
+            "TYPER": (self.read_TYPER, None),
+            "IIDR": (self.read_IIDR, None),
+            "IPRIORITYR": (self.read_IPRIORITYR, self.write_IPRIORITYR),
+            "ICFGR": (self.read_ICFGR, self.write_ICFGR),
+            "IROUTER": (self.read_IROUTER, self.write_IROUTER),
+        }
+        self.regs = RegisterBank(GICD_REGISTERS, log, "gicd", handlers, device=self)
 
     def attach_cpus(self, affinities: list[int]) -> None:
         """The CPUs' affinities (Aff3.Aff2.Aff1.Aff0 as in GICD_IROUTER) for routing."""

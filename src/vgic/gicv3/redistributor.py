@@ -29,11 +29,13 @@ from dataclasses import dataclass
 
 from vgic.checks import boolean, uint
 from vgic.events import EventLog, Kind
+from vgic.gicv3.attributes import sanitise_attributes
 from vgic.memory import GuestMemory, MemoryFault
 from vgic.regs import Access, Register, RegisterBank, field, id_registers
 
 LPI_BASE = 8192
 RD_FRAME_SIZE = 0x20000  # RD_base frame + SGI_base frame (GICv3)
+SGI_FRAME_OFFSET = 0x10000
 
 # GICR_TYPER bits (12.11.38)
 TYPER_PLPIS = 1 << 0
@@ -132,9 +134,19 @@ class Redistributor:
         self.last = last
         self.source = f"gicr{index}"
         self.lock = threading.RLock()
-        self.regs = RegisterBank(self, list(gicr_rd_registers(self.config.iidr)), log, self.source)
+        handlers = {
+            "CTLR": (self.read_CTLR, self.write_CTLR),
+            "TYPER": (self.read_TYPER, None),
+            "WAKER": (None, self.write_WAKER),
+            "PROPBASER": (None, self.write_PROPBASER),
+            "PENDBASER": (self.read_PENDBASER, self.write_PENDBASER),
+            "SETLPIR": (None, self.write_SETLPIR),
+            "CLRLPIR": (None, self.write_CLRLPIR),
+            "INVLPIR": (None, self.write_INVLPIR),
+            "INVALLR": (None, self.write_INVALLR),
+        }
+        self.regs = RegisterBank(gicr_rd_registers(self.config.iidr), log, self.source, handlers, device=self)
         self.on_change: Callable[[], None] = lambda: None  # set by the CPU interface
-        self.sgi: SgiFrame | None = None  # the SGI_base frame, attached by the GIC
         self._enable_lpis = False
         self._pending: set[int] = set()
         self._config: dict[int, int] = {}  # config bytes of pending LPIs
@@ -166,7 +178,6 @@ class Redistributor:
                 "pending": sorted(self._pending),
                 "config": sorted(self._config.items()),
                 "table_bits": sorted(self._table_bits),
-                "sgi": self.sgi.save_state() if self.sgi is not None else None,
             }
 
     def load_state(self, state: dict[str, object]) -> None:
@@ -181,22 +192,16 @@ class Redistributor:
             self._table_bits = {int(i) for i in state["table_bits"]}  # type: ignore[attr-defined]
             self._heap = [(c & 0xFC, i) for i, c in self._config.items() if c & 1]
             heapq.heapify(self._heap)
-            if self.sgi is not None and state.get("sgi") is not None:
-                self.sgi.load_state(state["sgi"])  # type: ignore[arg-type]
 
     # -- MMIO ------------------------------------------------------------------------
     def read(self, offset: int, size: int) -> int:
+        """A load from the RD_base frame (the SGI_base frame is :class:`vgic.gicv3.sgi.SgiFrame`)."""
         with self.lock:
-            if offset >= SGI_FRAME_OFFSET and self.sgi is not None:
-                return self.sgi.regs.read(offset - SGI_FRAME_OFFSET, size)
             return self.regs.read(offset, size)
 
     def write(self, offset: int, size: int, value: int) -> None:
         with self.lock:
-            if offset >= SGI_FRAME_OFFSET and self.sgi is not None:
-                self.sgi.regs.write(offset - SGI_FRAME_OFFSET, size, value)
-            else:
-                self.regs.write(offset, size, value)
+            self.regs.write(offset, size, value)
 
     def read_CTLR(self, index: int) -> int:
         """EnableLPIs[0]; CES[1] when it can be cleared; IR[2] with the direct registers."""
@@ -225,8 +230,6 @@ class Redistributor:
         if self._enable_lpis:
             self._diag("GICR_PROPBASER written while EnableLPIs=1: ignored", "IHI0069 12.11.29")
             return
-        from vgic.its.registers import sanitise_attributes
-
         old = self.regs.get("PROPBASER")
         v = (old & ~mask) | (value & mask)
         v &= 0x070F_FFFF_FFFF_FF9F  # OuterCache, PA[51:12], Shareability, InnerCache, IDbits
@@ -236,8 +239,6 @@ class Redistributor:
         if self._enable_lpis:
             self._diag("GICR_PENDBASER written while EnableLPIs=1: ignored", "IHI0069 12.11.28")
             return
-        from vgic.its.registers import sanitise_attributes
-
         old = self.regs.get("PENDBASER")
         v = (old & ~mask) | (value & mask)
         v &= 0x470F_FFFF_FFFF_0F80  # PTZ, OuterCache, PA[51:16], Shareability, InnerCache
@@ -491,80 +492,3 @@ class Redistributor:
 
     def _diag(self, message: str, rule: str) -> None:
         self.log.record(Kind.DIAGNOSTIC, self.source, message, cpu=self.index, rule=rule)
-
-
-# == SGI_base frame: SGIs and PPIs of this CPU (12.10 registers as banked in 12.11) ======
-
-SGI_FRAME_OFFSET = 0x10000
-GICR_SGI_REGISTERS: list[Register] = [
-    Register("IGROUPR0", 0x0080, 4),
-    Register("ISENABLER0", 0x0100, 4),
-    Register("ICENABLER0", 0x0180, 4),
-    Register("ISPENDR0", 0x0200, 4),
-    Register("ICPENDR0", 0x0280, 4),
-    Register("ISACTIVER0", 0x0300, 4),
-    Register("ICACTIVER0", 0x0380, 4),
-    Register("IPRIORITYR", 0x0400, 4, count=8, byte_access=True),
-    Register("ICFGR", 0x0C00, 4, count=2),
-    Register("IGRPMODR0", 0x0D00, 4, access=Access.RAZ_WI),  # one security state (DS=1)
-    Register("NSACR", 0x0E00, 4, access=Access.RAZ_WI),
-]
-SGI_EDGE = 0xFFFF  # SGIs are always edge-triggered (ICFGR0 is RO)
-
-
-class SgiFrame:
-    """The SGI_base frame and the SGI/PPI state of one CPU; an InterruptSource."""
-
-    def __init__(self, rd: Redistributor, group_enabled: Callable[[int], bool]) -> None:
-        from vgic.gicv3.banked import InterruptBank, install_bitmap_registers
-
-        self.rd = rd
-        self.bank = InterruptBank(0, 32)
-        self.bank.edge = SGI_EDGE
-        self.group_enabled = group_enabled  # GICD_CTLR.EnableGrp<n>
-        install_bitmap_registers(self, self.bank, suffix="0", word=0, after=lambda: self.rd.on_change())
-        self.regs = RegisterBank(self, GICR_SGI_REGISTERS, rd.log, rd.source)
-
-    def save_state(self) -> dict[str, object]:
-        return {"regs": self.regs.save_state(), "bank": self.bank.save_state()}
-
-    def load_state(self, state: dict[str, object]) -> None:
-        self.regs.load_state(state["regs"])  # type: ignore[arg-type]
-        self.bank.load_state(state["bank"])  # type: ignore[arg-type]
-
-    def read_IPRIORITYR(self, index: int) -> int:
-        return int.from_bytes(self.bank.priority[4 * index : 4 * index + 4], "little")
-
-    def write_IPRIORITYR(self, index: int, value: int, mask: int) -> None:
-        for i in range(4):
-            if mask >> (8 * i) & 0xFF:
-                self.bank.priority[4 * index + i] = (value >> (8 * i)) & 0xF8  # 5 priority bits
-        self.rd.on_change()
-
-    def read_ICFGR(self, index: int) -> int:
-        return self.bank.icfgr(index)
-
-    def write_ICFGR(self, index: int, value: int, mask: int) -> None:
-        self.bank.write_icfgr(index, value & mask | self.bank.icfgr(index) & ~mask, fixed_edge=SGI_EDGE)
-
-    # InterruptSource
-    def highest_pending(self, group: int) -> tuple[int, int] | None:
-        best = self.bank.best(group)  # cheap when nothing is pending: look at that first
-        return best if best is not None and self.group_enabled(group) else None
-
-    def acknowledge(self, intid: int) -> None:
-        self.bank.acknowledge(intid)
-
-    def deactivate(self, intid: int) -> bool:
-        return intid < 32 and self.bank.deactivate(intid)
-
-    def set_ppi(self, intid: int, level: bool) -> None:
-        """A PPI input line (e.g. the generic timer)."""
-        with self.rd.lock:
-            if self.bank.set_level(intid, level):
-                self.rd.on_change()
-
-    def raise_sgi(self, intid: int) -> None:
-        with self.rd.lock:
-            self.bank.latched |= 1 << intid
-            self.rd.on_change()

@@ -41,6 +41,7 @@ from typing import Any
 
 from vgic.checks import boolean, items, mapping, uint
 from vgic.events import EventLog, Kind
+from vgic.gicv3.attributes import sanitise_attributes
 from vgic.gicv3.redistributor import LPI_BASE, Redistributor
 from vgic.its import commands as C
 from vgic.its.errors import CommandError, ItsError
@@ -52,7 +53,6 @@ from vgic.its.registers import (
     ID_REGISTERS,
     ItsTyper,
     gits_registers,
-    sanitise_attributes,
 )
 from vgic.its.tables import (
     PAGE_SIZES,
@@ -256,8 +256,17 @@ class Its:
         self.index = index
         self.source = f"its{index}"
         self.lock = threading.RLock()
-        self.regs = RegisterBank(self, list(gits_registers(self.config.iidr, self.config.id_registers)), log,
-                                 self.source)  # fmt: skip
+        handlers = {
+            "CTLR": (self.read_CTLR, self.write_CTLR),
+            "TYPER": (self.read_TYPER, None),
+            "CBASER": (None, self.write_CBASER),
+            "CWRITER": (self.read_CWRITER, self.write_CWRITER),
+            "CREADR": (self.read_CREADR, None),
+            "BASER": (self.read_BASER, self.write_BASER),
+            "TRANSLATER": (None, self.write_TRANSLATER),
+        }
+        ids = gits_registers(self.config.iidr, self.config.id_registers)
+        self.regs = RegisterBank(ids, log, self.source, handlers, device=self)
         self._rd_by_address = {rd.base >> 16: rd for rd in self.redistributors if rd.base is not None}
         self._handlers: dict[type[C.Command], Callable[[Any], None]] = {
             C.Mapd: self.MAPD, C.Mapc: self.MAPC, C.Mapti: self.MAPTI, C.Mapi: self.MAPI,
@@ -279,7 +288,7 @@ class Its:
             self._hcc_collections: dict[int, int] = {}  # ICID -> RDbase, held in the ITS
             self._unsynced: set[int] = set()  # CPUs with mapping changes not yet followed by SYNC
             self.error_history: deque[tuple[int, int, str, str]] = deque(maxlen=ERROR_HISTORY)
-            self.bus_device_id: int | None = None  # set by a bus for the next TRANSLATER write
+            self._requester: int | None = None  # the bus's requester ID during one locked write
             self._invalidate_caches()
 
     # == save/restore ================================================================
@@ -442,10 +451,14 @@ class Its:
         with self.lock:
             return self.regs.read(offset, size)
 
-    def write(self, offset: int, size: int, value: int) -> None:
-        """A guest store to the ITS frames; never raises."""
+    def write(self, offset: int, size: int, value: int, requester_id: int | None = None) -> None:
+        """A store to the ITS frames; never raises. ``requester_id`` is the DeviceID a bus
+        gives a write to GITS_TRANSLATER (a PCIe requester ID, as QEMU's
+        ``attrs.requester_id``); a CPU store has none and gets ``default_device_id``."""
         with self.lock:
+            self._requester = requester_id
             self.regs.write(offset, size, value)
+            self._requester = None
 
     @property
     def enabled(self) -> bool:
@@ -625,15 +638,15 @@ class Its:
         """An MSI: EventID is the data, DeviceID comes from the bus (12.19.21)."""
         if not mask & 1:
             return
-        device_id = self.bus_device_id
-        self.bus_device_id = None
+        device_id = self._requester
         if device_id is None:
             device_id = self.config.default_device_id
         self._translate(device_id, value & mask & 0xFFFFFFFF)
 
     # == MSI translation (5.2.2) ======================================================
-    def msi(self, device_id: int, event_id: int) -> bool:
-        """A device's write of ``event_id`` to GITS_TRANSLATER. True if an LPI was set pending."""
+    def translate(self, device_id: int, event_id: int) -> bool:
+        """A device's write of ``event_id`` to GITS_TRANSLATER, with its DeviceID: the
+        translation of 5.2.2. True if an LPI was set pending."""
         with self.lock:
             return self._translate(device_id, event_id)
 

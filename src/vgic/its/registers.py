@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vgic.regs import Access, Register, field, id_registers
+from vgic.regs import Access, Register, id_registers
 
 ITS_FRAME_SIZE = 0x20000  # GICv3: control frame + translation frame
 
@@ -20,9 +20,6 @@ BASER_TYPE_DEVICE = 1
 BASER_TYPE_VPE = 2
 BASER_TYPE_COLLECTION = 4
 
-# Shareability and cacheability encodings (12.19.1)
-SH_NON, SH_INNER, SH_OUTER = 0, 1, 2
-CACHE_NCNB, CACHE_NC, CACHE_RAWB, CACHE_RAWAWB = 0, 1, 3, 7
 
 # GITS_PIDR4..7, PIDR0..3, CIDR0..3 at 0xFFD0..0xFFFC. PIDR2[7:4] = ArchRev 3 (GICv3).
 # These are QEMU's (and Arm's GIC-600's): part number 0x494, JEP106 Arm (0x43B).
@@ -84,30 +81,3 @@ class ItsTyper:
     def collections(self) -> int:
         """Number of ICIDs: 2^CIDbits with CIL=1, else 2^16 (12.19.22)."""
         return 1 << (self.cidbits if self.cil else 16)
-
-
-# -- sanitising memory attributes (choices documented in docs/choices.md) ------------
-
-
-def sanitise_shareability(sh: int) -> int:
-    """Outer Shareable and the reserved encoding read back as Inner Shareable."""
-    return SH_INNER if sh in (SH_OUTER, 3) else sh
-
-
-def sanitise_inner_cache(c: int) -> int:
-    """vgic accesses tables coherently: non-cacheable inner attributes read back RaWb."""
-    return CACHE_RAWB if c in (CACHE_NCNB, CACHE_NC) else c
-
-
-def sanitise_outer_cache(c: int) -> int:
-    """Only SameAsInner (0) and Non-cacheable (1) are kept for the outer attribute."""
-    return c if c in (0, 1) else 0
-
-
-def sanitise_attributes(v: int, inner_lo: int, sh_lo: int, outer_lo: int) -> int:
-    """``v`` with InnerCache, Shareability and OuterCache fields sanitised."""
-    inner = sanitise_inner_cache(field(v, inner_lo + 2, inner_lo))
-    sh = sanitise_shareability(field(v, sh_lo + 1, sh_lo))
-    outer = sanitise_outer_cache(field(v, outer_lo + 2, outer_lo))
-    v &= ~(7 << inner_lo | 3 << sh_lo | 7 << outer_lo)
-    return v | inner << inner_lo | sh << sh_lo | outer << outer_lo

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import libfdt
 
-from vgic.gicv3.gic import GicConfig
+from vgic.gic import GicConfig
 from vgic.gicv3.redistributor import RD_FRAME_SIZE
 from vgic.pci.host import HostLayout
 

@@ -10,23 +10,17 @@ plugged with ``machine.pci.plug(device)`` before the machine runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
-
 from vgic.events import EventLog, Kind
-from vgic.gicv3.gic import Gic
+from vgic.gic import Gic
 from vgic.memory import GuestMemory, MemoryFault
 from vgic.pci.host import PcieHost
-
-if TYPE_CHECKING:
-    from vgic.machine.virt import VirtMachine
 
 GITS_TRANSLATER = 0x1_0040  # in the ITS's second 64 KiB frame (IHI 0069 12.19.21)
 
 
 class Fabric:
     """The :class:`~vgic.pci.function.MsiSink` of the machine: where a device's message
-    write lands. GITS_TRANSLATER of an ITS becomes ``Its.msi(requester ID, data)``, as a
+    write lands. GITS_TRANSLATER of an ITS becomes ``Its.translate(requester ID, data)``, as a
     write carrying the bus's requester ID does on hardware; guest RAM takes the 32-bit
     write; any other address is dropped with a diagnostic."""
 
@@ -42,7 +36,7 @@ class Fabric:
         self.messages += 1
         its = self.translaters.get(address)
         if its is not None:
-            its.msi(device_id=requester_id, event_id=data & 0xFFFF_FFFF)
+            its.translate(requester_id, data & 0xFFFF_FFFF)
             return
         try:
             self.memory.write32(address, data)
@@ -52,10 +46,8 @@ class Fabric:
                             device_id=requester_id)  # fmt: skip
 
 
-def attach(machine: VirtMachine) -> PcieHost:
-    """Give ``machine`` its PCIe host (before its CPUs map the MMIO regions)."""
-    host = PcieHost(machine.memory, machine.log, Fabric(machine.memory, machine.log, machine.gic), machine.gic.set_spi)
-    machine.mmio.extend(host.regions)
-    poll: Callable[[], bool] = host.poll
-    machine.pollers.append(poll)
-    return host
+def host(memory: GuestMemory, log: EventLog, gic: Gic) -> PcieHost:
+    """The machine's PCIe host, its messages going through a :class:`Fabric` to ``gic``
+    and its INTx lines to the distributor's SPIs. The machine maps ``host.regions`` and
+    calls ``host.poll`` between scheduling rounds."""
+    return PcieHost(memory, log, Fabric(memory, log, gic), gic.set_spi)

@@ -51,7 +51,15 @@ class Pl011:
         self.rx: deque[int] = deque()
         self.ris = INT_TX
         self.reads_waiting = 0  # polls of an empty receive FIFO since the last feed or transmit
-        self.regs = RegisterBank(self, PL011_REGISTERS, log, "pl011")
+        handlers = {
+            "DR": (self.read_DR, self.write_DR),
+            "FR": (self.read_FR, None),
+            "RIS": (self.read_RIS, None),
+            "MIS": (self.read_MIS, None),
+            "IMSC": (None, self.write_IMSC),
+            "ICR": (None, self.write_ICR),
+        }
+        self.regs = RegisterBank(PL011_REGISTERS, log, "pl011", handlers, device=self)
         self._level = False
 
     def save_state(self) -> dict[str, object]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from vgic.events import EventLog, Kind
-from vgic.gicv3.gic import Gic, GicConfig
+from vgic.gic import Gic, GicConfig
 from vgic.its.its import ErrorPolicy
 from vgic.machine import fdt, pci, psci
 from vgic.machine.cpu import Cpu, CpuState, GuestCrash
@@ -127,7 +127,9 @@ class VirtMachine:
         ]
         # Devices with deferred work: called between scheduling rounds; True = did some work.
         self.pollers: list[Callable[[], bool]] = []
-        self.pci = pci.attach(self)  # the PCIe host: ECAM and windows join self.mmio
+        self.pci = pci.host(self.memory, self.log, self.gic)
+        self.mmio.extend(self.pci.regions)  # ECAM and the windows
+        self.pollers.append(self.pci.poll)
         self.cpus = [Cpu(self, i) for i in range(cfg.smp)]
         self._stop: _Stop | None = None
         self.exceptions = 0

@@ -3,13 +3,13 @@
 Reads the tables from guest memory through each ITS's GITS_BASER<n> (flat or two-level),
 the ITTs of the mapped devices, the collections, and each redistributor's LPI
 configuration and pending state, and prints them as readable tables. Works on a live
-:class:`~vgic.gicv3.gic.Gic` and on one restored from a snapshot. Table scans are capped
+:class:`~vgic.gic.Gic` and on one restored from a snapshot. Table scans are capped
 (``limit`` entries per table) so a huge guest-programmed table cannot stall the tool.
 """
 
 from __future__ import annotations
 
-from vgic.gicv3.gic import Gic
+from vgic.gic import Gic
 from vgic.gicv3.redistributor import LPI_BASE
 from vgic.its.its import Its
 from vgic.its.registers import BASER_TYPE_COLLECTION, BASER_TYPE_DEVICE

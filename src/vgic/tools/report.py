@@ -14,7 +14,7 @@ import re
 from collections import Counter
 
 from vgic.events import EventLog, Kind
-from vgic.gicv3.gic import Gic
+from vgic.gic import Gic
 
 
 def _shape(message: str) -> str:

@@ -8,7 +8,7 @@ memory map by default. It knows nothing of CPU engines: a machine calls :meth:`G
 
     mem = GuestMemory(); mem.add_ram(0x40000000, 64 << 20)
     gic = Gic(mem, GicConfig(num_cpus=4))
-    gic.its[0].msi(device_id=1, event_id=0)
+    gic.its[0].translate(device_id=1, event_id=0)
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from vgic.checks import items, mapping, text, uint
 from vgic.events import EventLog, Kind
 from vgic.gicv3.cpu_interface import CpuInterface
 from vgic.gicv3.distributor import GICD_FRAME_SIZE, GICD_IIDR_QEMU, Distributor, SpiView
-from vgic.gicv3.redistributor import RD_FRAME_SIZE, Redistributor, RedistributorConfig, SgiFrame
+from vgic.gicv3.redistributor import RD_FRAME_SIZE, SGI_FRAME_OFFSET, Redistributor, RedistributorConfig
+from vgic.gicv3.sgi import SgiFrame
 from vgic.its.its import Its, ItsConfig
 from vgic.its.registers import ITS_FRAME_SIZE
 from vgic.memory import GuestMemory
@@ -112,19 +113,21 @@ class Gic:
         self.log = log or EventLog()
         self.distributor = Distributor(self.log, config.redistributor.lpi_id_bits, config.num_spis, config.gicd_iidr)
         self.redistributors: list[Redistributor] = []
+        self.sgi_frames: list[SgiFrame] = []  # each redistributor's SGI_base frame
         self.cpus: list[CpuInterface] = []
         for i in range(config.num_cpus):
             aff = config.mpidr(i)
             affinity = (aff >> 32 & 0xFF) << 24 | (aff & 0xFFFFFF)
             rd = Redistributor(i, affinity, memory, self.log, config.redistributor,
                                last=i == config.num_cpus - 1, base=config.gicr_base + i * RD_FRAME_SIZE)  # fmt: skip
-            rd.sgi = SgiFrame(rd, self.distributor.group_enabled)
-            sources = [rd, rd.sgi, SpiView(self.distributor, i)]
+            sgi = SgiFrame(rd, self.distributor.group_enabled)
+            sources = [rd, sgi, SpiView(self.distributor, i)]
             cpu = CpuInterface(i, sources, self.log, lock=rd.lock, pri_bits=config.pri_bits,  # type: ignore[arg-type]
                                id_bits=config.redistributor.lpi_id_bits)  # fmt: skip
             cpu.on_sgi = self.send_sgi
             rd.on_change = cpu.update
             self.redistributors.append(rd)
+            self.sgi_frames.append(sgi)
             self.cpus.append(cpu)
         self.distributor.attach_cpus([rd.affinity for rd in self.redistributors])
         self.distributor.on_change = self._update_all
@@ -158,7 +161,10 @@ class Gic:
     def save_state(self) -> dict[str, object]:
         return {
             "distributor": self.distributor.save_state(),
-            "redistributors": [rd.save_state() for rd in self.redistributors],
+            "redistributors": [
+                {**rd.save_state(), "sgi": sgi.save_state()}
+                for rd, sgi in zip(self.redistributors, self.sgi_frames, strict=True)
+            ],
             "cpus": [cpu.save_state() for cpu in self.cpus],
             "its": [its.save_state() for its in self.its],
         }
@@ -167,8 +173,9 @@ class Gic:
         self.distributor.load_state(state["distributor"])
         if len(state["redistributors"]) != len(self.redistributors) or len(state["its"]) != len(self.its):
             raise ValueError("the snapshot has a different number of CPUs or ITSes")
-        for rd, s in zip(self.redistributors, state["redistributors"], strict=True):
+        for rd, sgi, s in zip(self.redistributors, self.sgi_frames, state["redistributors"], strict=True):
             rd.load_state(s)
+            sgi.load_state(s["sgi"])
         for cpu, s in zip(self.cpus, state["cpus"], strict=True):
             cpu.load_state(s)
         for its, s in zip(self.its, state["its"], strict=True):
@@ -196,14 +203,10 @@ class Gic:
                 if aff0 >> 4 == rs and value >> (aff0 & 0xF) & 1:
                     targets.append(i)
         for i in targets:
-            sgi = self.redistributors[i].sgi
-            if sgi is not None:
-                sgi.raise_sgi(intid)
+            self.sgi_frames[i].raise_sgi(intid)
 
     def set_ppi(self, cpu: int, intid: int, level: bool) -> None:
-        sgi = self.redistributors[cpu].sgi
-        if sgi is not None:
-            sgi.set_ppi(intid, level)
+        self.sgi_frames[cpu].set_ppi(intid, level)
 
     def set_spi(self, intid: int, level: bool) -> None:
         self.distributor.set_spi(intid, level)
@@ -214,12 +217,17 @@ class Gic:
         return list(self._regions)
 
     def _gicr_read(self, offset: int, size: int) -> int:
-        rd = self.redistributors[offset // RD_FRAME_SIZE]
-        return rd.read(offset % RD_FRAME_SIZE, size)
+        cpu, inner = divmod(offset, RD_FRAME_SIZE)
+        if inner >= SGI_FRAME_OFFSET:
+            return self.sgi_frames[cpu].read(inner - SGI_FRAME_OFFSET, size)
+        return self.redistributors[cpu].read(inner, size)
 
     def _gicr_write(self, offset: int, size: int, value: int) -> None:
-        rd = self.redistributors[offset // RD_FRAME_SIZE]
-        rd.write(offset % RD_FRAME_SIZE, size, value)
+        cpu, inner = divmod(offset, RD_FRAME_SIZE)
+        if inner >= SGI_FRAME_OFFSET:
+            self.sgi_frames[cpu].write(inner - SGI_FRAME_OFFSET, size, value)
+        else:
+            self.redistributors[cpu].write(inner, size, value)
 
     def read(self, address: int, size: int) -> int:
         """A load from a GIC physical address (RAZ outside every frame)."""
