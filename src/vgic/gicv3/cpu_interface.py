@@ -16,6 +16,7 @@ interrupt without a scan; ties between sources go to the lowest INTID.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from typing import Protocol
@@ -66,6 +67,7 @@ SYSREG_ENCODINGS: dict[tuple[int, int, int, int, int], str] = {
     (3, 0, 12, 12, 7): "ICC_IGRPEN1_EL1",
 }
 SYSREG_BY_NAME = {name: enc for enc, name in SYSREG_ENCODINGS.items()}
+Encoding = tuple[int, int, int, int, int]
 
 
 class CpuInterface:
@@ -98,6 +100,7 @@ class CpuInterface:
         # so 8 priority bits give 7 preemption bits and a BPR0 minimum of 0 (QEMU: prebits).
         self.pre_bits = min(pri_bits, 7)
         self._min_bpr0 = 7 - self.pre_bits  # 4.8.5: BPR0 min; the Non-secure BPR1 min is one more
+        self.sysreg_readers, self.sysreg_writers = self._sysreg_table()
         self.reset()
 
     def reset(self) -> None:
@@ -245,41 +248,68 @@ class CpuInterface:
             best = self._best(group)
             return SPURIOUS if best is None else best[1]
 
-    # -- system register access ----------------------------------------------------------
-    def read_sysreg(self, name: str) -> int:
-        """An MRS of an ICC_* register."""
-        if name == "ICC_IAR1_EL1":
-            return self.acknowledge(1)
-        if name == "ICC_IAR0_EL1":
-            return self.acknowledge(0)
-        if name == "ICC_HPPIR1_EL1":
-            return self.highest_pending(1)
-        if name == "ICC_HPPIR0_EL1":
-            return self.highest_pending(0)
-        if name == "ICC_RPR_EL1":
-            return self.running_priority()
-        if name == "ICC_PMR_EL1":
-            return self.pmr
-        if name == "ICC_BPR0_EL1":
-            return self.bpr0
-        if name == "ICC_BPR1_EL1":
-            return min(self.bpr0 + 1, 7) if self.cbpr else self.bpr1
-        if name == "ICC_CTLR_EL1":
-            idbits = 0 if self.id_bits <= 16 else 1
-            return int(self.cbpr) | int(self.eoimode) << 1 | (self.pri_bits - 1) << 8 | idbits << 11 | 1 << 15
-        if name == "ICC_SRE_EL1":
-            return 0x7  # SRE, DFB, DIB: system register interface only
-        if name == "ICC_IGRPEN0_EL1":
-            return int(self.igrpen0)
-        if name == "ICC_IGRPEN1_EL1":
-            return int(self.igrpen1)
-        if name.startswith("ICC_AP"):
-            group, n = int(name[6]), int(name[8])
-            return self._ap_word(group, n)
-        # write-only registers (EOIR, DIR, SGI) read as zero
-        self.log.record(Kind.DIAGNOSTIC, self.source, f"read of write-only {name}: RAZ", cpu=self.index,
-                        rule="IHI0069 12.2")  # fmt: skip
+    # -- system register access (12.2) ---------------------------------------------------
+    def _sysreg_table(self) -> tuple[dict[Encoding, Callable[[], int]], dict[Encoding, Callable[[int], None]]]:
+        """Every ICC_* register by encoding: what an MRS reads and what an MSR does. The one
+        dispatch table for engines (which index it by the instruction's encoding) and for
+        :meth:`read_sysreg` / :meth:`write_sysreg`."""
+        enc = SYSREG_BY_NAME
+        readers: dict[Encoding, Callable[[], int]] = {
+            enc["ICC_IAR1_EL1"]: functools.partial(self.acknowledge, 1),
+            enc["ICC_IAR0_EL1"]: functools.partial(self.acknowledge, 0),
+            enc["ICC_HPPIR1_EL1"]: functools.partial(self.highest_pending, 1),
+            enc["ICC_HPPIR0_EL1"]: functools.partial(self.highest_pending, 0),
+            enc["ICC_RPR_EL1"]: self.running_priority,
+            enc["ICC_PMR_EL1"]: lambda: self.pmr,
+            enc["ICC_BPR0_EL1"]: lambda: self.bpr0,
+            enc["ICC_BPR1_EL1"]: lambda: min(self.bpr0 + 1, 7) if self.cbpr else self.bpr1,
+            enc["ICC_CTLR_EL1"]: self._read_ctlr,
+            enc["ICC_SRE_EL1"]: lambda: 0x7,  # SRE, DFB, DIB: the system register interface only
+            enc["ICC_IGRPEN0_EL1"]: lambda: int(self.igrpen0),
+            enc["ICC_IGRPEN1_EL1"]: lambda: int(self.igrpen1),
+            **{enc[f"ICC_AP{g}R{n}_EL1"]: functools.partial(self._ap_word, g, n) for g in (0, 1) for n in range(4)},
+        }
+        writers: dict[Encoding, Callable[[int], None]] = {
+            enc["ICC_SGI1R_EL1"]: functools.partial(self._send_sgi, 1),
+            enc["ICC_ASGI1R_EL1"]: functools.partial(self._send_sgi, 1),
+            enc["ICC_SGI0R_EL1"]: functools.partial(self._send_sgi, 0),
+            enc["ICC_EOIR1_EL1"]: functools.partial(self._eoi, group=1),
+            enc["ICC_EOIR0_EL1"]: functools.partial(self._eoi, group=0),
+            enc["ICC_DIR_EL1"]: self.deactivate,
+            enc["ICC_PMR_EL1"]: self._write_pmr,
+            enc["ICC_BPR0_EL1"]: self._write_bpr0,
+            enc["ICC_BPR1_EL1"]: self._write_bpr1,
+            enc["ICC_CTLR_EL1"]: self._write_ctlr,
+            enc["ICC_IGRPEN0_EL1"]: functools.partial(self._write_igrpen, 0),
+            enc["ICC_IGRPEN1_EL1"]: functools.partial(self._write_igrpen, 1),
+            enc["ICC_SRE_EL1"]: lambda value: None,  # SRE is RAO/WI: no memory-mapped interface
+            **{enc[f"ICC_AP{g}R{n}_EL1"]: functools.partial(self._write_ap, g, n) for g in (0, 1) for n in range(4)},
+        }
+        for e, name in SYSREG_ENCODINGS.items():  # write-only registers read as zero, read-only ignore writes
+            readers.setdefault(e, functools.partial(self._wrong_way, name, "read of write-only", 0))
+            writers.setdefault(e, functools.partial(self._ignored_write, name))
+        return readers, writers
+
+    def read_sysreg(self, reg: str | Encoding) -> int:
+        """An MRS of an ICC_* register, by name or (op0, op1, CRn, CRm, op2) encoding."""
+        read = self.sysreg_readers.get(SYSREG_BY_NAME[reg] if isinstance(reg, str) else reg)
+        return read() if read is not None else self._wrong_way(str(reg), "read of unknown", 0)
+
+    def write_sysreg(self, reg: str | Encoding, value: int) -> None:
+        """An MSR to an ICC_* register, by name or encoding."""
+        write = self.sysreg_writers.get(SYSREG_BY_NAME[reg] if isinstance(reg, str) else reg)
+        if write is not None:
+            write(value & 0xFFFF_FFFF_FFFF_FFFF)
+        else:
+            self._wrong_way(str(reg), "write of unknown", value)
+
+    def _wrong_way(self, name: str, what: str, value: int = 0) -> int:
+        self.log.record(Kind.DIAGNOSTIC, self.source, f"{what} {name}: {'RAZ' if 'read' in what else 'ignored'}",
+                        cpu=self.index, rule="IHI0069 12.2")  # fmt: skip
         return 0
+
+    def _ignored_write(self, name: str, value: int) -> None:
+        self._wrong_way(name, "write of read-only", value)
 
     def _ap_words(self) -> int:
         return 1 << (self.pre_bits - 5)
@@ -289,47 +319,52 @@ class CpuInterface:
             return 0
         return (self.ap[group] >> (32 * n)) & 0xFFFFFFFF
 
-    def write_sysreg(self, name: str, value: int) -> None:
-        """An MSR to an ICC_* register."""
-        if name in ("ICC_SGI1R_EL1", "ICC_ASGI1R_EL1", "ICC_SGI0R_EL1"):
-            # Outside this CPU's lock: raising an SGI takes the target redistributors' locks,
-            # and two CPUs signalling each other at once must not hold one lock each (ABBA).
-            self.on_sgi(self.index, value, 0 if name == "ICC_SGI0R_EL1" else 1)
-            return
+    def _read_ctlr(self) -> int:
+        """ICC_CTLR_EL1 (12.2.6): CBPR, EOImode, PRIbits, IDbits, A3V."""
+        idbits = 0 if self.id_bits <= 16 else 1
+        return int(self.cbpr) | int(self.eoimode) << 1 | (self.pri_bits - 1) << 8 | idbits << 11 | 1 << 15
+
+    def _send_sgi(self, group: int, value: int) -> None:
+        # Outside this CPU's lock: raising an SGI takes the target redistributors' locks,
+        # and two CPUs signalling each other at once must not hold one lock each (ABBA).
+        self.on_sgi(self.index, value, group)
+
+    def _eoi(self, value: int, group: int) -> None:
+        self.end_of_interrupt(value, group)  # updates the lines itself when it changes anything
+
+    def _write_pmr(self, value: int) -> None:
         with self.lock:
-            # EOIR and DIR update the interrupt lines themselves when they change anything
-            if name == "ICC_EOIR1_EL1":
-                self.end_of_interrupt(value, 1)
-                return
-            elif name == "ICC_EOIR0_EL1":
-                self.end_of_interrupt(value, 0)
-                return
-            elif name == "ICC_DIR_EL1":
-                self.deactivate(value)
-                return
-            elif name == "ICC_PMR_EL1":
-                self.pmr = value & self._pri_mask
-            elif name == "ICC_BPR0_EL1":
-                self.bpr0 = max(value & 7, self._min_bpr0)
-            elif name == "ICC_BPR1_EL1":
-                if not self.cbpr:
-                    self.bpr1 = max(value & 7, self._min_bpr0 + 1)
-            elif name == "ICC_CTLR_EL1":
-                self.cbpr = bool(value & 1)
-                self.eoimode = bool(value & 2)
-            elif name == "ICC_IGRPEN0_EL1":
-                self.igrpen0 = bool(value & 1)
-            elif name == "ICC_IGRPEN1_EL1":
+            self.pmr = value & self._pri_mask
+            self._update_lines()
+
+    def _write_bpr0(self, value: int) -> None:
+        with self.lock:
+            self.bpr0 = max(value & 7, self._min_bpr0)
+            self._update_lines()
+
+    def _write_bpr1(self, value: int) -> None:
+        with self.lock:
+            if not self.cbpr:
+                self.bpr1 = max(value & 7, self._min_bpr0 + 1)
+            self._update_lines()
+
+    def _write_ctlr(self, value: int) -> None:
+        with self.lock:
+            self.cbpr = bool(value & 1)
+            self.eoimode = bool(value & 2)
+            self._update_lines()
+
+    def _write_igrpen(self, group: int, value: int) -> None:
+        with self.lock:
+            if group:
                 self.igrpen1 = bool(value & 1)
-            elif name.startswith("ICC_AP") and name[8].isdigit():
-                group, n = int(name[6]), int(name[8])
-                if n < self._ap_words():
-                    word = 0xFFFFFFFF << (32 * n)
-                    self.ap[group] = (self.ap[group] & ~word) | ((value & 0xFFFFFFFF) << (32 * n))
-            elif name == "ICC_SRE_EL1":
-                return  # SRE is RAO/WI: no memory-mapped interface
             else:
-                self.log.record(Kind.DIAGNOSTIC, self.source, f"write of read-only {name}: ignored",
-                                cpu=self.index, rule="IHI0069 12.2")  # fmt: skip
-                return
+                self.igrpen0 = bool(value & 1)
+            self._update_lines()
+
+    def _write_ap(self, group: int, n: int, value: int) -> None:
+        with self.lock:
+            if n < self._ap_words():
+                word = 0xFFFFFFFF << (32 * n)
+                self.ap[group] = (self.ap[group] & ~word) | ((value & 0xFFFFFFFF) << (32 * n))
             self._update_lines()
