@@ -35,7 +35,7 @@ from vgic.events import EventLog, Kind  # noqa: E402
 from vgic.gic import Gic, GicConfig  # noqa: E402
 from vgic.gicv3.redistributor import LPI_BASE, RedistributorConfig  # noqa: E402
 from vgic.its import commands as C  # noqa: E402
-from vgic.its.its import ItsConfig  # noqa: E402
+from vgic.its.config import ItsConfig  # noqa: E402
 from vgic.its.registers import ItsTyper  # noqa: E402
 from vgic.memory import GuestMemory  # noqa: E402
 

@@ -59,7 +59,7 @@ from vgic.events import EventLog, Kind  # noqa: E402
 from vgic.gic import VIRT_GICD_BASE, VIRT_GICR_BASE, VIRT_ITS_BASE, Gic, GicConfig  # noqa: E402
 from vgic.gicv3.redistributor import RD_FRAME_SIZE, RedistributorConfig  # noqa: E402
 from vgic.its import commands as C  # noqa: E402
-from vgic.its.its import ErrorPolicy, ItsConfig  # noqa: E402
+from vgic.its.config import ErrorPolicy, ItsConfig  # noqa: E402
 from vgic.its.registers import ItsTyper  # noqa: E402
 from vgic.memory import GuestMemory  # noqa: E402
 
@@ -506,8 +506,11 @@ class Harness:
             pending = rd._pending
             if set(rd._config) != pending:
                 raise Violation(f"{rd.source}: configuration cache {sorted(rd._config)} != pending {sorted(pending)}")
-            if len(rd._heap) > 2 * len(pending) + 32:
-                raise Violation(f"{rd.source}: heap of {len(rd._heap)} for {len(pending)} pending LPIs")
+            ranked = [i for level in rd._levels.values() for i in level]
+            if sorted(ranked) != sorted(i for i in pending if rd._config[i] & 1) or len(ranked) != len(set(ranked)):
+                raise Violation(f"{rd.source}: priority levels {sorted(ranked)} != pending enabled LPIs")
+            if any(list(level) != sorted(level) or not level for level in rd._levels.values()):
+                raise Violation(f"{rd.source}: a priority level is empty or out of order")
             if not rd.enable_lpis and pending:
                 raise Violation(f"{rd.source}: LPIs pending with EnableLPIs=0")
             if any(not LPI_BASE <= i < rd._lpi_limit for i in pending):
@@ -523,7 +526,10 @@ class Harness:
 
     def check_its_caches(self, n: int, its) -> None:  # type: ignore[no-untyped-def]
         """Every cached entry equals what the tables hold, unless the guest wrote over it."""
-        if not its._devices and not its._collections:
+        problems = its.cache.verify()
+        if problems:
+            raise Violation(f"its{n}: translation cache: {problems[0]}")
+        if not its.cache.devices and not its.cache.collections:
             return
         if not its.enabled:
             raise Violation(f"its{n}: caches kept while disabled")
@@ -531,9 +537,9 @@ class Harness:
         from reference import Walk
 
         typer, dt, ct = walker.tables()
-        if len(its._devices) > (dt.capacity if dt else 0):
-            raise Violation(f"its{n}: {len(its._devices)} cached devices, table holds {dt.capacity if dt else 0}")
-        for dev_id, dev in its._devices.items():
+        if len(its.cache.devices) > (dt.capacity if dt else 0):
+            raise Violation(f"its{n}: {len(its.cache.devices)} cached devices, table holds {dt.capacity if dt else 0}")
+        for dev_id, dev in its.cache.devices.items():
             w = Walk()
             try:
                 dte = walker.dte(w, typer, dt, dev_id)
@@ -555,7 +561,7 @@ class Harness:
                     continue
                 if got != (ite.pintid, ite.icid):
                     raise Violation(f"its{n}: cached ITE {dev_id:#x}/{ev} = {ite}, tables say {got} ({w.why})")
-        for icid, rd in its._collections.items():
+        for icid, rd in its.cache.collections.items():
             if icid < typer.hcc:
                 rdbase = its._hcc_collections.get(icid)
             else:

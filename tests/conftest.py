@@ -21,7 +21,8 @@ from vgic.events import Event, EventLog, Kind
 from vgic.gic import Gic, GicConfig
 from vgic.gicv3.redistributor import RedistributorConfig
 from vgic.its import commands as C
-from vgic.its.its import ErrorPolicy, Its, ItsConfig
+from vgic.its.config import ErrorPolicy, ItsConfig
+from vgic.its.its import Its
 from vgic.its.registers import ItsTyper
 from vgic.memory import GuestMemory
 

@@ -38,7 +38,7 @@ import pytest
 
 from conftest import GITS_CTLR, LPI, build, its_config
 from vgic.its import commands as C
-from vgic.its.its import ErrorPolicy
+from vgic.its.config import ErrorPolicy
 
 NCPUS = 4
 NEVENTS = 16

@@ -18,8 +18,8 @@ from conftest import GITS_CBASER, GITS_CTLR, GITS_CWRITER, LPI, RAM_BASE, RAM_SI
 from vgic.driver import ItsDriver
 from vgic.events import Kind
 from vgic.its import commands as C
+from vgic.its.config import ErrorPolicy
 from vgic.its.errors import ItsError as E
-from vgic.its.its import ErrorPolicy
 
 VALID = 1 << 63
 SECOND_ITS = 0x0830_0000

@@ -24,8 +24,8 @@ import pytest
 from conftest import GITS_BASER, GITS_CBASER, GITS_CTLR, GITS_CWRITER, LPI, RAM_BASE, RAM_SIZE, Env, build, its_config
 from vgic.events import Kind
 from vgic.its import commands as C
+from vgic.its.config import ErrorPolicy
 from vgic.its.errors import ItsError
-from vgic.its.its import ErrorPolicy
 
 NOT_RAM = 0x1000_0000  # below RAM_BASE: no memory there
 
@@ -288,8 +288,10 @@ def test_command_queue_running_off_the_end_of_ram(policy: ErrorPolicy) -> None:
     e.write(GITS_CTLR, 1)
     e.mem.write_bytes(last_page, C.encode(C.Sync(0)) * 128)  # the page in RAM: all SYNCs
     e.write64(GITS_CWRITER, 4096 - 32)
+    e.d.wait()  # 127 commands: a driver polls CREADR while the ITS works through them
     assert e.creadr == 4096 - 32 and not e.errors()
     e.write64(GITS_CWRITER, 4096 + 32)
+    e.d.wait()
     assert e.codes() == [E.MEMORY_FAULT]
     assert e.errors()[0].offset == 4096
     assert e.creadr == (4096 | 1 if policy is ErrorPolicy.STALL else 4096 + 32)

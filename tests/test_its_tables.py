@@ -31,8 +31,8 @@ from conftest import (
     stalling,
 )
 from vgic.its import commands as C
+from vgic.its.config import ItsConfig
 from vgic.its.errors import ItsError
-from vgic.its.its import ItsConfig
 from vgic.its.registers import BASER_TYPE_DEVICE, BASER_TYPE_NONE, ItsTyper
 
 PAGES = [(0, 4096), (1, 16384), (2, 65536)]

@@ -29,7 +29,7 @@ from vgic.events import EventLog, Kind
 from vgic.gic import Gic, GicConfig
 from vgic.gicv3.redistributor import RedistributorConfig
 from vgic.its import commands as C
-from vgic.its.its import ErrorPolicy
+from vgic.its.config import ErrorPolicy
 from vgic.memory import GuestMemory
 
 GICR_SETLPIR, GICR_CLRLPIR = 0x40, 0x48

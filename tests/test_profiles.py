@@ -22,8 +22,8 @@ from vgic.driver import Allocator, ItsDriver
 from vgic.events import Kind
 from vgic.gic import Gic, GicConfig
 from vgic.its import commands as C
+from vgic.its.config import ErrorPolicy, ItsConfig
 from vgic.its.errors import ItsError
-from vgic.its.its import ErrorPolicy, ItsConfig
 from vgic.memory import GuestMemory
 from vgic.profiles import PROFILES, gic_config, its_config, profile
 from vgic.tools import inspector, report

@@ -437,30 +437,35 @@ def test_move_pending_to_or_keeps_when_target_ignores() -> None:
 # -- priority order without scans ---------------------------------------------------------
 
 
-def test_heap_stays_bounded_over_set_clear_cycles() -> None:
-    """Stale heap entries are dropped: host memory follows pending LPIs, not history."""
+def ranked(rd: Redistributor) -> int:
+    """How many INTIDs the priority levels hold (each must be a pending, enabled LPI)."""
+    return sum(1 for level in rd._levels.values() for _ in level)
+
+
+def test_priority_levels_hold_exactly_the_pending_lpis_over_set_clear_cycles() -> None:
+    """Removals are exact: host memory follows pending LPIs, not history."""
     gic, rd = setup()
-    gic.cpus[0].write_sysreg("ICC_IGRPEN1_EL1", 0)  # nobody looks at the heap
+    gic.cpus[0].write_sysreg("ICC_IGRPEN1_EL1", 0)  # nobody acknowledges
     for round_ in range(200):
         for intid in range(8192, 8192 + 50):
             rd.write(SETLPIR, 8, intid)
         for intid in range(8192, 8192 + 50):
             rd.write(CLRLPIR, 8, intid)
-            assert len(rd._heap) <= 2 * len(rd.pending_lpis) + 32, round_
+            assert ranked(rd) == len(rd.pending_lpis), round_
     assert rd.pending_lpis == frozenset()
 
 
-def test_heap_bounded_across_invalidations() -> None:
+def test_priority_levels_exact_across_invalidations() -> None:
     gic, rd = setup()
     gic.cpus[0].write_sysreg("ICC_IGRPEN1_EL1", 0)
     rd.write(SETLPIR, 8, 8192)
     for i in range(500):
         config_lpi(gic, 8192, priority=(i % 16) << 4)
         rd.write(INVLPIR, 8, 8192)
-        assert len(rd._heap) <= 2 * len(rd.pending_lpis) + 32
+        assert ranked(rd) == 1 and rd.highest_pending_lpi() == ((i % 16) << 4, 8192)
 
 
-def test_many_pending_lpis_acknowledged_in_order_with_bounded_heap() -> None:
+def test_many_pending_lpis_acknowledged_in_order() -> None:
     n = 50_000
     gic, rd = setup()
     # priorities cycle over 8 levels: order is (priority, INTID)
@@ -474,7 +479,7 @@ def test_many_pending_lpis_acknowledged_in_order_with_bounded_heap() -> None:
         intid = cpu.read_sysreg("ICC_IAR1_EL1")
         cpu.write_sysreg("ICC_EOIR1_EL1", intid)
         got.append(intid)
-        assert len(rd._heap) <= 2 * len(rd._pending) + 32
+    assert ranked(rd) == 0
     assert cpu.read_sysreg("ICC_IAR1_EL1") == 1023
     expected = sorted(range(LPI_BASE, LPI_BASE + n), key=lambda i: (((i - LPI_BASE) % 8) << 5, i))
     assert got == expected

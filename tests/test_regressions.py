@@ -32,8 +32,8 @@ from vgic.driver import Allocator, ItsDriver
 from vgic.events import Kind
 from vgic.gic import Gic, GicConfig
 from vgic.its import commands as C
+from vgic.its.config import ErrorPolicy
 from vgic.its.errors import ItsError as E
-from vgic.its.its import ErrorPolicy
 from vgic.its.registers import BASER_TYPE_COLLECTION, BASER_TYPE_DEVICE, ItsTyper
 from vgic.memory import GuestMemory
 
@@ -190,6 +190,7 @@ def test_command_queue_straddling_the_end_of_ram() -> None:
     e.write(GITS_CTLR, 1)
     e.mem.write_bytes(last_page, C.encode(C.Sync(0)) * 127 + C.encode(C.Int(1, 0)))  # INT: the last in RAM
     e.write64(GITS_CWRITER, 4096 + 64)
+    e.d.wait()  # 129 commands: the ITS runs them while the driver polls CREADR
     assert e.codes() == [E.MEMORY_FAULT]
     assert e.errors()[0].offset == 4096
     assert e.creadr == 4096 | 1  # stalled at the first command beyond RAM

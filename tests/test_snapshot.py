@@ -24,7 +24,7 @@ from vgic.driver import Allocator, ItsDriver
 from vgic.events import Kind
 from vgic.gic import Gic, GicConfig
 from vgic.its import commands as C
-from vgic.its.its import ErrorPolicy
+from vgic.its.config import ErrorPolicy
 from vgic.memory import GuestMemory
 
 RAM = 0x4000_0000

@@ -100,7 +100,7 @@ def _read(path: str | None, what: str) -> bytes | None:
 
 def _build(args: argparse.Namespace) -> Any:
     from vgic import snapshot
-    from vgic.its.its import ErrorPolicy
+    from vgic.its.config import ErrorPolicy
     from vgic.machine.loader import ImageError
     from vgic.machine.virt import MachineConfig, VirtMachine
 

@@ -148,6 +148,19 @@ class ItsDriver:
             self.mem.write_bytes(self.queue_base + offset, C.encode(cmd))
             offset = (offset + 32) % self.queue_bytes
         self.its_write64(GITS_CWRITER, offset | int(retry))
+        self.wait()
+
+    def wait(self, polls: int = 1 << 20) -> bool:
+        """Poll GITS_CREADR until the queue is done or stalled, as a driver does (each read
+        lets the ITS run a bounded number of commands). True if CREADR reached CWRITER."""
+        target = self.cwriter & 0xFFFE0
+        its = self.gic.its[self.its_index]
+        for _ in range(polls):
+            if self.its_read64(GITS_CREADR) & 1:
+                return False
+            if not its.busy:  # nothing left to run: where did it end?
+                return self.its_read64(GITS_CREADR) & 0xFFFE0 == target
+        return False
 
     # -- common flows ---------------------------------------------------------------------
     def map_device(self, device_id: int, event_bits: int) -> int:

@@ -23,7 +23,8 @@ from vgic.gicv3.cpu_interface import CpuInterface
 from vgic.gicv3.distributor import GICD_FRAME_SIZE, GICD_IIDR_QEMU, Distributor, SpiView
 from vgic.gicv3.redistributor import RD_FRAME_SIZE, SGI_FRAME_OFFSET, Redistributor, RedistributorConfig
 from vgic.gicv3.sgi import SgiFrame
-from vgic.its.its import Its, ItsConfig
+from vgic.its.config import ItsConfig
+from vgic.its.its import Its
 from vgic.its.registers import ITS_FRAME_SIZE
 from vgic.memory import GuestMemory
 
@@ -129,6 +130,8 @@ class Gic:
             self.redistributors.append(rd)
             self.sgi_frames.append(sgi)
             self.cpus.append(cpu)
+        for rd in self.redistributors:
+            rd.peers = self.redistributors
         self.distributor.attach_cpus([rd.affinity for rd in self.redistributors])
         self.distributor.on_change = self._update_all
         self.its = [Its(memory, self.log, self.redistributors, c, index=n) for n, c in enumerate(config.its)]
@@ -181,6 +184,26 @@ class Gic:
         for its, s in zip(self.its, state["its"], strict=True):
             its.load_state(s)
         self._update_all()
+
+    # == deferred work (bounded per guest access) =====================================
+    @property
+    def busy(self) -> bool:
+        """Work is left over from guest accesses: commands in an ITS queue, or LPI-wide
+        jobs of a redistributor (INVALL, MOVALL, reading or writing a pending table)."""
+        return any(its.busy for its in self.its) or any(rd.busy for rd in self.redistributors)
+
+    def work(self, units: int = 64) -> int:
+        """Do at most ``units`` units of that work (:data:`vgic.its.its.ACCESS_UNITS` is one
+        access's worth); returns the units used. ``vgic run`` calls this between slices; a
+        Python embedder calls it until :attr:`busy` is False."""
+        used = 0
+        for its in self.its:
+            if used < units and its.busy:
+                used += its.work(units - used)
+        for rd in self.redistributors:
+            if used < units and rd.busy:
+                used += rd.work(units - used)
+        return used
 
     def _update_all(self) -> None:
         for cpu in self.cpus:

@@ -19,7 +19,7 @@ from typing import Any
 from vgic.gic import GicConfig
 from vgic.gicv3.distributor import GICD_IIDR_QEMU, GICD_IIDR_VGIC
 from vgic.gicv3.redistributor import GICR_IIDR_QEMU, GICR_IIDR_VGIC, RedistributorConfig
-from vgic.its.its import ErrorPolicy, ItsConfig, PintidBound
+from vgic.its.config import ErrorPolicy, ItsConfig, PintidBound
 from vgic.its.registers import GITS_IIDR_QEMU, GITS_IIDR_VGIC, ID_REGISTERS, ItsTyper
 
 DEFAULT_PROFILE = "qemu"

@@ -11,21 +11,33 @@ configuration (priority, enable) of its pending LPIs.
   when the LPI becomes pending and is then cached until INV, INVALL, GICR_INVLPIR or
   GICR_INVALLR reloads it (5.1.1 permits the caching). A cached LPI that is no longer
   pending is forgotten, so host memory is bounded by the number of pending LPIs.
-* **Priority order.** Pending, enabled LPIs sit in a heap keyed (priority, INTID): the
-  highest-priority LPI, ties to the lowest INTID, is found without scanning. Entries made
-  stale by acknowledge, CLEAR or a reload are skipped lazily and the heap is rebuilt when
-  stale entries outnumber live ones.
+* **Priority order.** Pending, enabled LPIs sit in one sorted list of INTIDs per
+  priority level (64 levels), the levels in a sorted list: the highest-priority LPI, ties
+  to the lowest INTID, is the first INTID of the first level, found without a scan.
+  Every removal (acknowledge, CLEAR, a reload, a move) is exact, so nothing stale ever
+  accumulates: no clean-up burst can cost one access more than a bisection.
 
 The LPI ID space is bounded by ``lpi_id_bits`` (GICD_TYPER.IDbits + 1): the pending-table
 scan at enable is at most 2^lpi_id_bits / 8 bytes, a host setting, never a guest's.
+
+**Bounded work.** What touches every pending LPI (INVALL and GICR_INVALLR, MOVALL, the
+pending-table read when LPIs are enabled and the write-back when they are disabled) is a
+:class:`LpiJob`: data, saved in snapshots, run :data:`JOB_CHUNK` LPIs per work unit by
+:meth:`Redistributor.work`. A guest access starts a job and does at most a bounded number
+of units; polling GICR_CTLR.RWP or GICR_SYNCR (and the ITS's CREADR, for its commands)
+does more, and the machine runs the rest between slices. While a job is unfinished,
+GICR_SYNCR.Busy reads 1, and GICR_CTLR.RWP too for a write-back (12.11.2).
 """
 
 from __future__ import annotations
 
-import heapq
 import threading
-from collections.abc import Callable
+from bisect import bisect_left, insort
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+from typing import Any
 
 from vgic.checks import boolean, uint
 from vgic.events import EventLog, Kind
@@ -41,6 +53,13 @@ SGI_FRAME_OFFSET = 0x10000
 TYPER_PLPIS = 1 << 0
 TYPER_DIRECTLPI = 1 << 3
 TYPER_LAST = 1 << 4
+
+# GICR_CTLR bits (12.11.2)
+CTLR_RWP = 1 << 3
+
+# Bounded work: LPIs a job handles per work unit, and the units one guest access may do.
+JOB_CHUNK = 16
+ACCESS_UNITS = 16
 
 # GICR_WAKER bits (12.11.41)
 WAKER_PROCESSOR_SLEEP = 1 << 1
@@ -104,6 +123,94 @@ class RedistributorConfig:
         return config
 
 
+class SortedIds:
+    """A sorted set of INTIDs in buckets of at most 2 * LOAD, so an insertion or removal
+    costs a bisection and a memmove of at most a bucket, however many INTIDs it holds (a
+    plain sorted list would move up to every INTID on each change)."""
+
+    LOAD = 256
+    __slots__ = ("_buckets", "_maxes")
+
+    def __init__(self) -> None:
+        self._buckets: list[list[int]] = []
+        self._maxes: list[int] = []  # the last INTID of each bucket
+
+    def __bool__(self) -> bool:
+        return bool(self._buckets)
+
+    def __iter__(self) -> Iterator[int]:
+        for bucket in self._buckets:
+            yield from bucket
+
+    def first(self) -> int:
+        return self._buckets[0][0]
+
+    def add(self, intid: int) -> None:
+        maxes = self._maxes
+        if not maxes:
+            self._buckets.append([intid])
+            maxes.append(intid)
+            return
+        i = bisect_left(maxes, intid)
+        if i == len(maxes):
+            i -= 1
+            bucket = self._buckets[i]
+            bucket.append(intid)
+            maxes[i] = intid
+        else:
+            bucket = self._buckets[i]
+            insort(bucket, intid)
+        if len(bucket) > 2 * self.LOAD:
+            half = self.LOAD
+            self._buckets[i : i + 1] = [bucket[:half], bucket[half:]]
+            maxes[i : i + 1] = [bucket[half - 1], bucket[-1]]
+
+    def remove(self, intid: int) -> None:
+        i = bisect_left(self._maxes, intid)
+        bucket = self._buckets[i]
+        j = bisect_left(bucket, intid)
+        del bucket[j]
+        if not bucket:
+            del self._buckets[i]
+            del self._maxes[i]
+        elif j == len(bucket):
+            self._maxes[i] = bucket[-1]
+
+    def buckets(self) -> list[list[int]]:
+        return self._buckets
+
+
+@dataclass(slots=True)
+class LpiJob:
+    """Deferred work over many LPIs of one redistributor, as data (saved in snapshots).
+
+    * ``reload``: re-read the configuration of ``intids`` that are still pending (INVALL).
+    * ``move``: move ``intids`` still pending here to redistributor ``target`` (MOVALL).
+    * ``scan``: read the pending table at ``table`` from byte ``cursor`` to ``end`` (enable).
+    * ``writeback``: set the bits of ``intids`` and clear those of ``clear`` (disable).
+    """
+
+    ident: int
+    kind: str
+    intids: list[int] | set[int] = dataclass_field(default_factory=list)
+    clear: list[int] | set[int] = dataclass_field(default_factory=list)
+    target: int = -1
+    table: int = 0
+    cursor: int = 0
+    end: int = 0
+    refused: int = 0  # move: LPIs the target would have ignored, kept here
+
+    def to_list(self) -> list[object]:
+        return [self.ident, self.kind, sorted(self.intids), sorted(self.clear), self.target, self.table, self.cursor,
+                self.end, self.refused]  # fmt: skip
+
+    @staticmethod
+    def from_list(v: list[object]) -> LpiJob:
+        ident, kind, intids, clear, target, table, cursor, end, refused = v
+        return LpiJob(int(ident), str(kind), [int(i) for i in intids], [int(i) for i in clear],  # type: ignore
+                      int(target), int(table), int(cursor), int(end), int(refused))  # type: ignore  # fmt: skip
+
+
 def _text(why: str | Callable[[], str]) -> str:
     return why if isinstance(why, str) else why()
 
@@ -140,6 +247,7 @@ class Redistributor:
             "WAKER": (None, self.write_WAKER),
             "PROPBASER": (None, self.write_PROPBASER),
             "PENDBASER": (self.read_PENDBASER, self.write_PENDBASER),
+            "SYNCR": (self.read_SYNCR, None),
             "SETLPIR": (None, self.write_SETLPIR),
             "CLRLPIR": (None, self.write_CLRLPIR),
             "INVLPIR": (None, self.write_INVLPIR),
@@ -150,9 +258,15 @@ class Redistributor:
         self._enable_lpis = False
         self._pending: set[int] = set()
         self._config: dict[int, int] = {}  # config bytes of pending LPIs
-        self._heap: list[tuple[int, int]] = []  # (priority, INTID), lazily cleaned
+        self._levels: dict[int, SortedIds] = {}  # priority -> INTIDs of pending, enabled LPIs
+        self._priorities: list[int] = []  # the priorities with a level, sorted
         self._table_bits: set[int] = set()  # INTIDs whose bit was set in the pending table
         self._lpi_limit = 0  # one past the largest valid LPI INTID while enabled
+        self._jobs: deque[LpiJob] = deque()  # deferred LPI-wide work, oldest first
+        self._trash: list[list[Any] | dict[Any, Any] | set[Any]] = []  # freed a chunk a unit
+        self._next_job = 1
+        self.peers: list[Redistributor] = [self]  # every redistributor of the GIC (MOVALL targets)
+        self.on_work: Callable[[], None] = lambda: None  # told when a job is queued (the GIC)
 
     # -- state for tools, tests and save/restore --------------------------------------
     @property
@@ -178,6 +292,8 @@ class Redistributor:
                 "pending": sorted(self._pending),
                 "config": sorted(self._config.items()),
                 "table_bits": sorted(self._table_bits),
+                "jobs": [job.to_list() for job in self._jobs],
+                "next_job": self._next_job,
             }
 
     def load_state(self, state: dict[str, object]) -> None:
@@ -190,8 +306,11 @@ class Redistributor:
             if set(self._config) != self._pending:
                 raise ValueError(f"{self.source}: saved configuration cache does not match pending LPIs")
             self._table_bits = {int(i) for i in state["table_bits"]}  # type: ignore[attr-defined]
-            self._heap = [(c & 0xFC, i) for i, c in self._config.items() if c & 1]
-            heapq.heapify(self._heap)
+            self._levels, self._priorities = {}, []
+            for i, c in self._config.items():
+                self._rank(i, c)
+            self._jobs = deque(LpiJob.from_list(j) for j in state.get("jobs", []))  # type: ignore[attr-defined]
+            self._next_job = int(state.get("next_job", 1))  # type: ignore[call-overload]
 
     # -- MMIO ------------------------------------------------------------------------
     def read(self, offset: int, size: int) -> int:
@@ -204,9 +323,18 @@ class Redistributor:
             self.regs.write(offset, size, value)
 
     def read_CTLR(self, index: int) -> int:
-        """EnableLPIs[0]; CES[1] when it can be cleared; IR[2] with the direct registers."""
+        """EnableLPIs[0]; CES[1] when it can be cleared; IR[2] with the direct registers;
+        RWP[3] while a write-back of the pending state is in progress (12.11.2). A read
+        does a bounded amount of that work: a driver polling RWP makes it finish."""
+        self._work(ACCESS_UNITS)
         ces = int(self.config.lpis_disableable) << 1
-        return int(self._enable_lpis) | ces | int(self.config.direct_lpi) << 2
+        rwp = CTLR_RWP if self._writing_back() else 0
+        return int(self._enable_lpis) | ces | int(self.config.direct_lpi) << 2 | rwp
+
+    def read_SYNCR(self, index: int) -> int:
+        """GICR_SYNCR.Busy[0] (12.11.34): 1 while LPI-wide work is in progress."""
+        self._work(ACCESS_UNITS)
+        return int(bool(self._jobs))
 
     def write_CTLR(self, index: int, value: int, mask: int) -> None:
         if mask & 1:
@@ -267,16 +395,22 @@ class Redistributor:
 
     def write_INVALLR(self, index: int, value: int, mask: int) -> None:
         if mask & 0xFFFFFFFF and self._direct("INVALLR"):
-            self.invalidate_all()
+            self.start_invalidate_all()
+            self._work(ACCESS_UNITS)
 
     # -- LPI enable ------------------------------------------------------------------
     def set_enable_lpis(self, enable: bool) -> None:
-        """GICR_CTLR.EnableLPIs writes (5.1.2, 12.11.2)."""
+        """GICR_CTLR.EnableLPIs writes (5.1.2, 12.11.2). The pending table is read, or the
+        pending state written back, by a job; a write while a write-back is still in
+        progress (RWP=1) is UNPREDICTABLE and ignored."""
         with self.lock:
             if enable == self._enable_lpis:
                 return
             if not enable and not self.config.lpis_disableable:
                 self._diag("EnableLPIs cannot be cleared once set on this GIC: ignored", "IHI0069 12.11.2")
+                return
+            if self._writing_back():
+                self._diag("GICR_CTLR.EnableLPIs written while GICR_CTLR.RWP=1: ignored", "IHI0069 12.11.2")
                 return
             if enable:
                 self._enable()
@@ -284,6 +418,7 @@ class Redistributor:
                 self._disable()
             self.log.record(Kind.STATE, self.source, f"EnableLPIs={int(enable)}", cpu=self.index)
             self.on_change()
+            self._work(ACCESS_UNITS)
 
     def _enable(self) -> None:
         prop = self.regs.get("PROPBASER")
@@ -300,43 +435,165 @@ class Redistributor:
         self.regs.set("PENDBASER", pend & ~(1 << 62))
         self._table_bits.clear()
         if not ptz and self._lpi_limit:
-            self._scan_pending_table(pend & 0x000F_FFFF_FFFF_0000)
-
-    def _scan_pending_table(self, table: int) -> None:
-        """Load the pending bits of LPIs [8192, limit) from the pending table (5.1.2)."""
-        start, end = LPI_BASE // 8, self._lpi_limit // 8
-        chunk = 4096
-        for off in range(start, end, chunk):
-            n = min(chunk, end - off)
-            try:
-                data = self.memory.read_bytes(table + off, n)
-            except MemoryFault as fault:
-                self._diag(f"pending table read faulted ({fault}); its bits read as zero", "IHI0069 5.1.2")
-                return
-            if not any(data):
-                continue
-            bits = int.from_bytes(data, "little")
-            while bits:
-                low = bits & -bits
-                intid = off * 8 + low.bit_length() - 1
-                bits ^= low
-                self._table_bits.add(intid)
-                self._make_pending(intid)
+            table = pend & 0x000F_FFFF_FFFF_0000
+            self._queue(LpiJob(0, "scan", table=table, cursor=LPI_BASE // 8, end=self._lpi_limit // 8))
 
     def _disable(self) -> None:
+        """The pending LPIs leave delivery at once; their bits are written back by a job."""
         table = self.regs.get("PENDBASER") & 0x000F_FFFF_FFFF_0000
+        self._jobs = deque(j for j in self._jobs if j.kind != "scan")  # nothing more to read
+        if self._pending or self._table_bits:
+            # The sets move into the job (no copy): it clears the bits read at enable, then
+            # sets the pending ones. The old heap and cache are freed a chunk at a time.
+            self._queue(LpiJob(0, "writeback", intids=self._pending, clear=self._table_bits, table=table))
+        self._trash += [self._config, *(b for level in self._levels.values() for b in level.buckets())]
+        self._table_bits, self._pending, self._config = set(), set(), {}
+        self._levels, self._priorities = {}, []
+        self._enable_lpis = False
+
+    def _writing_back(self) -> bool:
+        return any(job.kind == "writeback" for job in self._jobs)
+
+    # -- LPI-wide work, bounded per step ----------------------------------------------------
+    def _queue(self, job: LpiJob) -> int:
+        job.ident = self._next_job
+        self._next_job += 1
+        self._jobs.append(job)
+        self.on_work()
+        return job.ident
+
+    @property
+    def busy(self) -> bool:
+        """Whether deferred work is still to do: jobs (GICR_SYNCR.Busy), or host-side
+        housekeeping (memory being freed) that never shows to the guest."""
+        return bool(self._jobs) or bool(self._trash)
+
+    def job_done(self, ident: int) -> bool:
+        """Whether the job ``ident`` (from :meth:`start_invalidate_all`, :meth:`start_move_all`) is done."""
+        return all(job.ident != ident for job in self._jobs)
+
+    def work(self, units: int) -> int:
+        """Do at most ``units`` units of deferred work; returns the units used."""
+        with self.lock:
+            return self._work(units)
+
+    def _work(self, units: int) -> int:
+        used = 0
+        while self._jobs and used < units:
+            job = self._jobs[0]
+            used += self._step(job)
+            if self._finished(job):
+                self._jobs.popleft()
+                self._completed(job)
+        while used < units and self._trash:
+            used += self._free_some()
+        return used
+
+    def _free_some(self) -> int:
+        """Free up to 1024 entries of what a disable left: freeing 57,000 at once would
+        cost that access milliseconds of host time."""
+        trash = self._trash[-1]
+        if isinstance(trash, list):
+            del trash[-1024:]
+        elif isinstance(trash, dict):
+            for _ in range(min(1024, len(trash))):
+                trash.popitem()
+        else:
+            for _ in range(min(1024, len(trash))):
+                trash.pop()
+        if not trash:
+            self._trash.pop()
+        return 1
+
+    def _step(self, job: LpiJob) -> int:
+        if job.kind == "reload":
+            return self._job_reload(job)
+        if job.kind == "move":
+            return self._job_move(job)
+        if job.kind == "scan":
+            return self._job_scan(job)
+        return self._job_writeback(job)
+
+    @staticmethod
+    def _finished(job: LpiJob) -> bool:
+        if job.kind == "scan":
+            return job.cursor >= job.end
+        return not job.intids and not job.clear
+
+    def _completed(self, job: LpiJob) -> None:
+        if job.kind == "move" and job.refused:
+            target = self.peers[job.target] if 0 <= job.target < len(self.peers) else None
+            enabled = int(target.enable_lpis) if target is not None else 0
+            self._diag(f"MOVALL left {job.refused} LPI(s) pending here: CPU {job.target} would ignore them "
+                       f"(EnableLPIs={enabled})", "IHI0069 6.3.12")  # fmt: skip
+
+    def _job_reload(self, job: LpiJob) -> int:
+        assert isinstance(job.intids, list)
+        chunk = job.intids[-JOB_CHUNK:]
+        del job.intids[-JOB_CHUNK:]  # from the end: O(chunk), never a copy of the rest
+        for intid in chunk:
+            if intid in self._pending:
+                self._reload(intid)
+        self.on_change()
+        return 1
+
+    def _job_move(self, job: LpiJob) -> int:
+        if not 0 <= job.target < len(self.peers):
+            job.intids.clear()
+            return 1
+        assert isinstance(job.intids, list)
+        chunk = job.intids[-JOB_CHUNK:]
+        del job.intids[-JOB_CHUNK:]
+        _, refused = self._move(chunk, self.peers[job.target])
+        job.refused += refused
+        return 1
+
+    def _job_scan(self, job: LpiJob) -> int:
+        """Up to JOB_CHUNK LPIs made pending, or 4 KiB of empty table, per unit (5.1.2)."""
+        n = min(4096, job.end - job.cursor)
         try:
-            for intid in self._table_bits - self._pending:
-                self.memory.set_bit(table + intid // 8, intid % 8, False)
-            for intid in self._pending:
-                self.memory.set_bit(table + intid // 8, intid % 8, True)
+            data = self.memory.read_bytes(job.table + job.cursor, n)
+        except MemoryFault as fault:
+            self._diag(f"pending table read faulted ({fault}); its bits read as zero", "IHI0069 5.1.2")
+            job.cursor = job.end
+            return 1
+        found = 0
+        if any(data):
+            for k, byte in enumerate(data):
+                if not byte:
+                    continue
+                if found >= JOB_CHUNK:  # this unit is spent: go on from this byte next time
+                    n = k
+                    break
+                base = (job.cursor + k) * 8
+                for bit in range(8):
+                    if byte >> bit & 1:
+                        intid = base + bit
+                        self._table_bits.add(intid)
+                        if intid not in self._pending:
+                            self._make_pending(intid)
+                            found += 1
+        job.cursor += n
+        if found:
+            self.on_change()
+        return 1
+
+    def _job_writeback(self, job: LpiJob) -> int:
+        """JOB_CHUNK pending-table bits per unit; a fault loses what is left (5.1.2)."""
+        try:
+            for _ in range(JOB_CHUNK):
+                if job.clear:
+                    intid, value = job.clear.pop(), False
+                elif job.intids:
+                    intid, value = job.intids.pop(), True
+                else:
+                    break
+                self.memory.set_bit(job.table + intid // 8, intid % 8, value)
         except MemoryFault as fault:
             self._diag(f"pending table write-back faulted ({fault}); pending state lost", "IHI0069 5.1.2")
-        self._table_bits.clear()
-        self._pending.clear()
-        self._config.clear()
-        self._heap.clear()
-        self._enable_lpis = False
+            job.intids.clear()
+            job.clear.clear()
+        return 1
 
     # -- LPI pending state -----------------------------------------------------------
     def set_lpi_pending(self, intid: int, why: str | Callable[[], str] = "") -> bool:
@@ -368,7 +625,29 @@ class Redistributor:
         cfg = self._read_config(intid)
         self._config[intid] = cfg
         if cfg & 1:
-            heapq.heappush(self._heap, (cfg & 0xFC, intid))
+            self._rank(intid, cfg)
+
+    def _rank(self, intid: int, cfg: int) -> None:
+        """Put a pending, enabled LPI in its priority level (kept sorted by INTID)."""
+        if not cfg & 1:
+            return
+        prio = cfg & 0xFC
+        level = self._levels.get(prio)
+        if level is None:
+            level = self._levels[prio] = SortedIds()
+            insort(self._priorities, prio)
+        level.add(intid)
+
+    def _unrank(self, intid: int, cfg: int) -> None:
+        """Take an LPI out of its priority level: exact, so nothing stale is left behind."""
+        if not cfg & 1:
+            return
+        prio = cfg & 0xFC
+        level = self._levels[prio]
+        level.remove(intid)
+        if not level:
+            del self._levels[prio]
+            del self._priorities[bisect_left(self._priorities, prio)]
 
     def _read_config(self, intid: int) -> int:
         prop = self.regs.get("PROPBASER") & 0x000F_FFFF_FFFF_F000
@@ -385,8 +664,7 @@ class Redistributor:
             if intid not in self._pending:
                 return False
             self._pending.discard(intid)
-            del self._config[intid]
-            self._compact()  # CLEAR/CLRLPIR cycles must not grow the heap (no one may pop it)
+            self._unrank(intid, self._config.pop(intid))
             self.on_change()
             return True
 
@@ -395,34 +673,28 @@ class Redistributor:
         with self.lock:
             if intid in self._pending:
                 self._reload(intid)
-                self._compact()
                 self.on_change()
 
-    def invalidate_all(self) -> None:
-        """Reload every cached configuration (INVALL, GICR_INVALLR): O(pending LPIs)."""
+    def start_invalidate_all(self) -> int:
+        """Queue a reload of every pending LPI's configuration (INVALL, GICR_INVALLR);
+        returns the job's ident (:meth:`job_done`)."""
         with self.lock:
-            if not self._pending:
-                return
-            self._heap = []
-            for intid in self._pending:
-                cfg = self._read_config(intid)
-                self._config[intid] = cfg
-                if cfg & 1:
-                    self._heap.append((cfg & 0xFC, intid))
-            heapq.heapify(self._heap)
-            self.on_change()
+            return self._queue(LpiJob(0, "reload", intids=list(self._pending)))
+
+    def invalidate_all(self) -> None:
+        """:meth:`start_invalidate_all` and finish it now (host code; guests get the job)."""
+        with self.lock:
+            ident = self.start_invalidate_all()
+            while not self.job_done(ident):
+                self._work(1 << 30)
 
     def _reload(self, intid: int) -> None:
         old = self._config[intid]
         cfg = self._read_config(intid)
         self._config[intid] = cfg
-        if cfg & 1 and (not old & 1 or _priority(old) != _priority(cfg)):
-            heapq.heappush(self._heap, (cfg & 0xFC, intid))
-
-    def _compact(self) -> None:
-        if len(self._heap) > 2 * len(self._pending) + 32:
-            self._heap = [(c & 0xFC, i) for i, c in self._config.items() if c & 1]
-            heapq.heapify(self._heap)
+        if (old & 1, _priority(old)) != (cfg & 1, _priority(cfg)):
+            self._unrank(intid, old)
+            self._rank(intid, cfg)
 
     def propbaser_limit(self) -> int:
         """One past the largest LPI INTID GICR_PROPBASER.IDbits allows (12.11.29)."""
@@ -432,53 +704,63 @@ class Redistributor:
         """Whether an LPI sent here now would become pending (5.1)."""
         return self._enable_lpis and LPI_BASE <= intid < self._lpi_limit
 
-    def move_pending_to(self, other: Redistributor, intids: list[int] | None = None) -> int:
-        """Move pending LPIs (all, or those of ``intids``) to ``other``, ORed into its state.
+    def start_move_all(self, other: Redistributor) -> int:
+        """Queue a move of every LPI pending here to ``other`` (MOVALL, 6.3.12); returns
+        the job's ident. LPIs made pending here after this are not part of it."""
+        with self.lock:
+            return self._queue(LpiJob(0, "move", intids=list(self._pending), target=self.peers.index(other)))
 
-        The MOVI and MOVALL side of the redistributor (6.3.11, 6.3.12). Both locks are held,
-        in processor-number order, so an LPI is never pending on both nor on neither. An LPI
-        that ``other`` would ignore (EnableLPIs=0, out of range) stays pending here.
-        Returns the number moved.
-        """
+    def move_pending_to(self, other: Redistributor, intids: list[int] | None = None) -> int:
+        """Move pending LPIs (all, or those of ``intids``) to ``other`` now, ORed into its
+        state (MOVI: one LPI; host code). Returns the number moved."""
+        with self.lock:
+            candidates = list(self._pending) if intids is None else [i for i in intids if i in self._pending]
+        moved, refused = self._move(candidates, other)
+        if refused:
+            self._diag(f"{refused} LPI(s) not moved to CPU {other.index}, which would ignore them "
+                       f"(EnableLPIs={int(other.enable_lpis)}); they stay pending here", "IHI0069 6.3.12")  # fmt: skip
+        return moved
+
+    def _move(self, intids: list[int], other: Redistributor) -> tuple[int, int]:
+        """Move ``intids`` (those still pending) to ``other``: (moved, refused). Both locks
+        are held, in processor-number order, so an LPI is never pending on both nor on
+        neither. An LPI that ``other`` would ignore (EnableLPIs=0, out of range) stays."""
+        if other is self:
+            return 0, 0
         first, second = (self, other) if self.index <= other.index else (other, self)
         with first.lock, second.lock:
-            candidates = sorted(self._pending) if intids is None else [i for i in intids if i in self._pending]
-            moved = 0
-            for intid in candidates:
+            moved = refused = 0
+            for intid in intids:
+                if intid not in self._pending:
+                    continue
                 if not other.accepts(intid):
-                    self._diag(f"LPI {intid} not moved to CPU {other.index}, which would ignore it "
-                               f"(EnableLPIs={int(other._enable_lpis)}); it stays pending here",
-                               "IHI0069 6.3.12")  # fmt: skip
+                    refused += 1
                     continue
                 self._pending.discard(intid)
-                del self._config[intid]
+                self._unrank(intid, self._config.pop(intid))
                 if intid not in other._pending:
                     other._make_pending(intid)
                 moved += 1
             if moved:
-                self._compact()
                 self.on_change()
                 other.on_change()
-            return moved
+            return moved, refused
 
     # -- the CPU interface's view ----------------------------------------------------
     def highest_pending_lpi(self) -> tuple[int, int] | None:
-        """(priority, INTID) of the highest-priority pending enabled LPI, or None."""
-        heap = self._heap
-        config = self._config
-        while heap:
-            prio, intid = heap[0]
-            cfg = config.get(intid)
-            if cfg is not None and cfg & 1 and cfg & 0xFC == prio:
-                return heap[0]
-            heapq.heappop(heap)
-        return None
+        """(priority, INTID) of the highest-priority pending enabled LPI, or None: the
+        lowest INTID of the highest priority level, O(1)."""
+        if not self._priorities:
+            return None
+        prio = self._priorities[0]
+        return prio, self._levels[prio].first()
 
     def acknowledge_lpi(self, intid: int) -> None:
         """An acknowledged LPI stops being pending; LPIs have no active state (5.1)."""
         self._pending.discard(intid)
-        self._config.pop(intid, None)
-        self._compact()
+        cfg = self._config.pop(intid, None)
+        if cfg is not None:
+            self._unrank(intid, cfg)
 
     # InterruptSource for the CPU interface: LPIs are always Group 1 (5.1).
     def highest_pending(self, group: int) -> tuple[int, int] | None:

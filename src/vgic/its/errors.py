@@ -1,9 +1,10 @@
 """ITS command errors and their architected encodings (IHI 0069 6.3, "Command errors").
 
 An error code has the form 0x01_OO_RR: 0x01 for a command error, OO identifying the
-command and RR the reason. Each command's handler raises :class:`CommandError` with the
-member of :class:`ItsError` that names the failed check; the ITS records it with the
-command, its queue offset and an explanation, then stalls or continues (error policy).
+command and RR the reason. There is one way to pick a code: a handler names the failed
+:class:`Check`, and :func:`error_code` finds the :class:`ItsError` member called
+``<COMMAND>_<CHECK>`` (the spec's own names). The ITS records the error with the command,
+its queue offset and an explanation, then stalls or skips the command (error policy).
 """
 
 from __future__ import annotations
@@ -75,6 +76,26 @@ class ItsError(enum.IntEnum):
     MEMORY_FAULT = 0x01FF01  # a table or queue access outside guest RAM
 
 
+class Check(enum.Enum):
+    """What failed: the reason part of an error's name (6.3). Which reason byte it is
+    depends on the command (MAPC and MOVALL report PROCNUM_OOR as 02 and 01)."""
+
+    DEVICE_OOR = "DeviceID out of range"
+    ITTSIZE_OOR = "ITT size out of range"
+    PROCNUM_OOR = "processor number out of range"
+    COLLECTION_OOR = "collection ID out of range"
+    UNMAPPED_DEVICE = "device not mapped"
+    ID_OOR = "EventID out of range"
+    PHYSICALID_OOR = "physical LPI ID out of range"
+    UNMAPPED_INTERRUPT = "event not mapped"
+    UNMAPPED_COLLECTION = "collection not mapped"
+
+
+def error_code(command: str, check: Check) -> ItsError:
+    """The architected code of ``check`` failing in ``command`` (e.g. "MAPTI")."""
+    return ItsError[f"{command}_{check.name}"]
+
+
 class CommandError(Exception):
     """Raised by a command handler; carries the code and a one-line explanation."""
 
@@ -82,3 +103,7 @@ class CommandError(Exception):
         super().__init__(explanation)
         self.error = error
         self.explanation = explanation
+
+    @classmethod
+    def of(cls, command: str, check: Check, explanation: str) -> CommandError:
+        return cls(error_code(command, check), explanation)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vgic.memory import GuestMemory
+from vgic.memory import GuestMemory, MemoryFault
 
 PAGE_SIZES = (4096, 16384, 65536)  # GITS_BASER.Page_Size 0, 1, 2
 L1_ENTRY_SIZE = 8  # an Indirect table's level-1 entries: [63] Valid, L2 page address
@@ -69,6 +69,46 @@ def entry_address(mem: GuestMemory, geo: TableGeometry, ident: int) -> int:
         raise TableWalkError(f"level-1 entry {ident // per_page} for ID {ident:#x} is not Valid")
     l2 = l1 & 0x000FFFFFFFFFF000 & ~(geo.page_size - 1)
     return l2 + (ident % per_page) * geo.entry_size
+
+
+def iter_entries(mem: GuestMemory, geo: TableGeometry, limit: int) -> tuple[list[tuple[int, int]], bool]:
+    """(ID, first 8 bytes of the entry) of every entry of a table that is not all zero,
+    for tools, and whether the walk stopped at ``limit``: the number of level-1 entries
+    and table entries it may look at, so a guest-made table of any size costs at most
+    that much. Unreadable pages are skipped."""
+    out: list[tuple[int, int]] = []
+    per_page = geo.page_size // geo.entry_size
+    seen = 0
+    pages: list[tuple[int, int]] = []  # (first ID, address of a page of entries)
+    if geo.indirect:
+        for i in range(geo.bytes // L1_ENTRY_SIZE):
+            seen += 1
+            if seen > limit:
+                return out, True
+            try:
+                l1 = mem.read64(geo.base + i * L1_ENTRY_SIZE)
+            except MemoryFault:
+                break
+            if l1 >> 63:
+                pages.append((i * per_page, l1 & 0x000F_FFFF_FFFF_F000 & ~(geo.page_size - 1)))
+    else:
+        pages = [(p * per_page, geo.base + p * geo.page_size) for p in range(geo.pages)]
+    width = min(geo.entry_size, 8)
+    for first, addr in pages:
+        if seen >= limit:
+            return out, True
+        try:
+            data = mem.read_bytes(addr, geo.page_size)
+        except MemoryFault:
+            continue
+        seen += per_page
+        if not any(data):
+            continue
+        for k in range(per_page):
+            raw = int.from_bytes(data[k * geo.entry_size : k * geo.entry_size + width], "little")
+            if raw:
+                out.append((first + k, raw))
+    return out, False
 
 
 # -- entries ------------------------------------------------------------------------

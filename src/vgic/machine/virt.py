@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 
 from vgic.events import EventLog, Kind
 from vgic.gic import Gic, GicConfig
-from vgic.its.its import ErrorPolicy
+from vgic.its.config import ErrorPolicy
 from vgic.machine import fdt, pci, psci
 from vgic.machine.cpu import Cpu, CpuState, GuestCrash
 from vgic.machine.loader import ImageError, load_image
@@ -35,6 +35,7 @@ FLASH_BASE = 0x0  # two 64 MiB flash banks, as QEMU's virt: firmware, then varia
 FLASH_SIZE = 0x0400_0000
 RTC_BASE, FW_CFG_BASE = 0x0901_0000, 0x0902_0000
 DEFAULT_SLICE = 20_000
+GIC_WORK_PER_ROUND = 64  # units of deferred GIC work (vgic.gic.Gic.work) between rounds
 
 
 class ExitStatus(enum.IntEnum):
@@ -361,6 +362,9 @@ class VirtMachine:
             rounds += 1
             for poll in self.pollers:
                 ran = poll() or ran
+            if self.gic.busy:  # ITS commands and LPI-wide jobs left over from guest accesses
+                self.gic.work(GIC_WORK_PER_ROUND)
+                ran = True
             if rounds % 16 == 0:
                 self._poll_input()
             if timeout is not None and time.monotonic() - start > timeout:

@@ -13,43 +13,10 @@ from vgic.gic import Gic
 from vgic.gicv3.redistributor import LPI_BASE
 from vgic.its.its import Its
 from vgic.its.registers import BASER_TYPE_COLLECTION, BASER_TYPE_DEVICE
-from vgic.its.tables import L1_ENTRY_SIZE, DeviceEntry, TableGeometry
-from vgic.memory import GuestMemory, MemoryFault
+from vgic.its.tables import DeviceEntry, iter_entries
+from vgic.memory import MemoryFault
 
 BASER_TYPES = {0: "none", 1: "Device", 2: "vPE", 4: "Collection"}
-
-
-def _entries(mem: GuestMemory, geo: TableGeometry, limit: int) -> tuple[list[tuple[int, int]], bool]:
-    """(ID, raw entry) of every non-zero entry of a table, and whether the scan was capped."""
-    out: list[tuple[int, int]] = []
-    per_page = geo.page_size // geo.entry_size
-    pages: list[tuple[int, int]] = []  # (first ID, address of a page of entries)
-    if geo.indirect:
-        for i in range(geo.bytes // L1_ENTRY_SIZE):
-            try:
-                l1 = mem.read64(geo.base + i * L1_ENTRY_SIZE)
-            except MemoryFault:
-                break
-            if l1 >> 63:
-                pages.append((i * per_page, l1 & 0x000F_FFFF_FFFF_F000 & ~(geo.page_size - 1)))
-    else:
-        pages = [(p * per_page, geo.base + p * geo.page_size) for p in range(geo.pages)]
-    scanned = 0
-    for first, addr in pages:
-        try:
-            data = mem.read_bytes(addr, geo.page_size)
-        except MemoryFault:
-            continue
-        if not any(data):
-            continue
-        for k in range(per_page):
-            raw = int.from_bytes(data[k * geo.entry_size : k * geo.entry_size + min(geo.entry_size, 8)], "little")
-            if raw:
-                out.append((first + k, raw))
-        scanned += per_page
-        if scanned >= limit:
-            return out, True
-    return out, False
 
 
 def _lpi(gic: Gic, cpu: int | None, intid: int) -> str:
@@ -88,7 +55,7 @@ def its_report(gic: Gic, its: Its, limit: int = 1 << 20) -> list[str]:
     for icid, rdbase in sorted(its.hcc_collections.items()):
         collections[icid] = rdbase
     if ct is not None:
-        entries, capped = _entries(mem, ct, limit)
+        entries, capped = iter_entries(mem, ct, limit)
         for i, raw in entries:
             found = its.layout.decode_cte(raw)
             if found is not None:
@@ -105,7 +72,7 @@ def its_report(gic: Gic, its: Its, limit: int = 1 << 20) -> list[str]:
     if dt is None:
         lines.append("(no valid device table)")
         return lines
-    devices, capped = _entries(mem, dt, limit)
+    devices, capped = iter_entries(mem, dt, limit)
     if capped:
         lines.append(f"(device table scan stopped after {limit} entries)")
     for dev_id, raw in devices:
