@@ -105,6 +105,8 @@ class Model:
             self.wr = end % self.queue_bytes
             t0 = time.perf_counter()
             self.its.write(GITS_CWRITER, 4, self.wr)
+            while self.its.busy:  # past one access's worth of commands, as a polling driver would
+                self.its.work(1 << 20)
             total += time.perf_counter() - t0
         if self.its.stalled or self.log.counts[Kind.COMMAND_ERROR]:
             raise RuntimeError(f"command error in the benchmark: {self.log.errors[-1:]}")
@@ -117,7 +119,7 @@ class Model:
         out = []
         n = 0
         for d in range(first_device, first_device + devices):
-            itt = self.drv.heap.alloc(max(256, (1 << bits) * 8), 256)
+            itt = self.drv.heap.alloc(max(256, (1 << bits) * self.its.typer.itt_entry_size), 256)
             cmds.append(C.Mapd(d, bits - 1, itt, True))
             for e in range(per_device):
                 icid = n % CPUS
@@ -202,7 +204,7 @@ def bench_commands(quick: bool) -> list[Row]:
     n = 2048 if quick else 8192
     m = Model(queue_pages=16)
     dev, bits = 7, 16
-    itt = m.drv.heap.alloc((1 << bits) * 8, 256)
+    itt = m.drv.heap.alloc((1 << bits) * m.its.typer.itt_entry_size, 256)
     m.run([C.Mapd(dev, bits - 1, itt, True)])
     lpi = LPI_BASE + 100_000
 

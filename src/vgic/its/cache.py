@@ -47,17 +47,20 @@ Key = DteKey | IteKey | CteKey
 
 @dataclass(slots=True)
 class CachedDevice:
-    """A cached DTE and the ITEs of that device used so far."""
+    """A cached DTE (from ``address``) and the ITEs of that device used so far (each at
+    ``entry.itt_addr + EventID * ITT entry size``)."""
 
     entry: DeviceEntry
     events: dict[int, InterruptEntry]
+    address: int = -1
 
 
 class TranslationCache(Generic[T]):
     """DTEs by DeviceID (with their ITEs by EventID) and collection targets (``T``: what an
     ICID resolves to, a redistributor) by ICID, each indexed by its guest address."""
 
-    def __init__(self, limit: int = CACHE_LIMIT) -> None:
+    def __init__(self, ite_size: int, limit: int = CACHE_LIMIT) -> None:
+        self.ite_size = ite_size
         self.limit = limit
         self.clear()
 
@@ -65,16 +68,16 @@ class TranslationCache(Generic[T]):
         self.devices: dict[int, CachedDevice] = {}
         self.collections: dict[int, T] = {}
         self._at: dict[int, Key] = {}  # guest address -> the one entry cached from there
-        self._where: dict[Key, int] = {}  # and back
+        self._cte_at: dict[int, int] = {}  # ICID -> address of its CTE (memory-held collections)
 
     def __len__(self) -> int:
         return len(self._at)
 
     # -- adding (each all or nothing) --------------------------------------------------
     def put_device(self, address: int, device_id: int, entry: DeviceEntry) -> CachedDevice:
-        dev = CachedDevice(entry, {})
         key = DteKey(device_id)
         self._drop(key)  # its ITEs go with it
+        dev = CachedDevice(entry, {}, address)
         self._index(address, key)
         self.devices[device_id] = dev
         return dev
@@ -94,10 +97,10 @@ class TranslationCache(Generic[T]):
     def put_collection(self, address: int | None, icid: int, target: T) -> None:
         """Cache a collection; ``address`` None: held in the ITS (ICID < HCC), no CTE."""
         key = CteKey(icid)
+        self._unindex(key)
         if address is not None:
             self._index(address, key)
-        else:
-            self._unindex(key)
+            self._cte_at[icid] = address
         self.collections[icid] = target
 
     # -- dropping ----------------------------------------------------------------------
@@ -120,13 +123,16 @@ class TranslationCache(Generic[T]):
                 self._drop(key)
 
     def _drop(self, key: Key) -> None:
-        self._unindex(key)
         if isinstance(key, DteKey):
-            dev = self.devices.pop(key.device_id, None)
+            dev = self.devices.get(key.device_id)
             if dev is not None:
                 for ev in dev.events:
                     self._unindex(IteKey(key.device_id, ev))
-        elif isinstance(key, IteKey):
+            self._unindex(key)
+            self.devices.pop(key.device_id, None)
+            return
+        self._unindex(key)
+        if isinstance(key, IteKey):
             dev = self.devices.get(key.device_id)
             if dev is not None:
                 dev.events.pop(key.event_id, None)
@@ -140,44 +146,49 @@ class TranslationCache(Generic[T]):
             return
         if old is not None:
             self._drop(old)  # an alias: one entry per address
-        self._unindex(key)  # the same entry cached from another address before
         if len(self._at) >= self.limit:
             self.clear()  # bounded host memory; the caller's entry goes in after
             if isinstance(key, IteKey):
                 return
         self._at[address] = key
-        self._where[key] = address
+
+    def _address(self, key: Key) -> int | None:
+        """Where a cached entry came from (computed: no second index to keep in step)."""
+        if isinstance(key, DteKey):
+            dev = self.devices.get(key.device_id)
+            return None if dev is None else dev.address
+        if isinstance(key, IteKey):
+            dev = self.devices.get(key.device_id)
+            if dev is None or key.event_id not in dev.events:
+                return None
+            return dev.entry.itt_addr + key.event_id * self.ite_size
+        return self._cte_at.get(key.icid)
 
     def _unindex(self, key: Key) -> None:
-        address = self._where.pop(key, None)
-        if address is not None:
-            self._at.pop(address, None)
+        address = self._address(key)
+        if address is not None and self._at.get(address) == key:
+            del self._at[address]
+        if isinstance(key, CteKey):
+            self._cte_at.pop(key.icid, None)
 
     # -- checks ------------------------------------------------------------------------
     def verify(self) -> list[str]:
-        """The cache's own invariants (not the guest's tables): every indexed key names a
-        cached entry and every memory-backed entry is indexed, once; the bound holds."""
+        """The cache's own invariants (not the guest's tables): every indexed address names
+        a cached entry that came from it, every memory-backed entry is indexed at its
+        address, and the bound holds."""
         problems: list[str] = []
         if len(self._at) > self.limit:
             problems.append(f"{len(self._at)} entries indexed, bound {self.limit}")
-        if len(self._at) != len(self._where):
-            problems.append("the address index and its inverse differ in size")
         for address, key in self._at.items():
-            if self._where.get(key) != address:
-                problems.append(f"{key} at {address:#x} is not indexed back")
-            if (
-                (isinstance(key, DteKey) and key.device_id not in self.devices)
-                or (isinstance(key, IteKey) and key.event_id not in self.devices.get(key.device_id, _EMPTY).events)
-                or (isinstance(key, CteKey) and key.icid not in self.collections)
-            ):
-                problems.append(f"{key} indexed but not cached")
+            if self._address(key) != address:
+                problems.append(f"{key} indexed at {address:#x} but cached from {self._address(key)}")
         for device_id, dev in self.devices.items():
-            if DteKey(device_id) not in self._where:
+            if self._at.get(dev.address) != DteKey(device_id):
                 problems.append(f"DeviceID {device_id:#x} cached without its address")
             for ev in dev.events:
-                if IteKey(device_id, ev) not in self._where:
+                if self._at.get(dev.entry.itt_addr + ev * self.ite_size) != IteKey(device_id, ev):
                     problems.append(f"DeviceID {device_id:#x} EventID {ev} cached without its address")
+        for icid, address in self._cte_at.items():
+            if icid not in self.collections or self._at.get(address) != CteKey(icid):
+                problems.append(f"ICID {icid} indexed at {address:#x} but not cached from there")
         return problems
-
-
-_EMPTY = CachedDevice(DeviceEntry(0, 0), {})

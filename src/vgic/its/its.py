@@ -119,7 +119,7 @@ class Its:
             C.Movi: self.MOVI, C.Movall: self.MOVALL, C.Discard: self.DISCARD, C.Inv: self.INV,
             C.Invall: self.INVALL, C.Int: self.INT, C.Clear: self.CLEAR, C.Sync: self.SYNC,
         }  # fmt: skip
-        self.cache: TranslationCache[Redistributor] = TranslationCache(CACHE_LIMIT)
+        self.cache: TranslationCache[Redistributor] = TranslationCache(self.layout.ite_size, CACHE_LIMIT)
         self.reset()
 
     def reset(self) -> None:
