@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import heapq
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
-from vgic.checks import boolean, uint
+from vgic.checks import FieldError, at, boolean, distinct, exactly, items, mapping, only, req, uint
 from vgic.events import EventLog, Kind
 from vgic.gicv3.attributes import sanitise_attributes
 from vgic.memory import GuestMemory, MemoryFault
-from vgic.regs import Access, Register, RegisterBank, field, id_registers
+from vgic.regs import Access, Register, RegisterBank, RegisterBankState, field, id_registers
 
 LPI_BASE = 8192
 RD_FRAME_SIZE = 0x20000  # RD_base frame + SGI_base frame (GICv3)
@@ -45,6 +46,13 @@ TYPER_LAST = 1 << 4
 # GICR_WAKER bits (12.11.41)
 WAKER_PROCESSOR_SLEEP = 1 << 1
 WAKER_CHILDREN_ASLEEP = 1 << 2
+
+# The bits GICR_PROPBASER / GICR_PENDBASER keep (12.11.29, 12.11.28): PROPBASER OuterCache,
+# PA[51:12], Shareability, InnerCache, IDbits; PENDBASER PTZ, OuterCache, PA[51:16],
+# Shareability, InnerCache.
+PROPBASER_MASK = 0x070F_FFFF_FFFF_FF9F
+PENDBASER_MASK = 0x470F_FFFF_FFFF_0F80
+PENDBASER_PTZ = 1 << 62
 
 GICR_IIDR_QEMU = 0x0000043B  # Arm r0p0, ProductID 0: QEMU's virt GIC
 GICR_IIDR_VGIC = 0x5600043B  # vgic's own: ProductID 'V' (0x56)
@@ -102,6 +110,90 @@ class RedistributorConfig:
         if not 14 <= config.lpi_id_bits <= 24:
             raise ValueError("lpi_id_bits must be 14 to 24")
         return config
+
+
+def lpi_limit(propbaser: int, lpi_id_bits: int) -> int:
+    """One past the largest LPI INTID a GICR_PROPBASER value allows, bounded by the GIC's
+    ``lpi_id_bits``; 0 when IDbits gives fewer than 14 bits (no LPI in range, 12.11.29)."""
+    idbits = min(field(propbaser, 4, 0) + 1, lpi_id_bits)
+    return 1 << idbits if idbits >= 14 else 0
+
+
+@dataclass(frozen=True)
+class RedistributorState:
+    """The saved LPI state of one redistributor (IHI 0069 5.1).
+
+    ``pending`` are the LPIs pending in the host set while EnableLPIs is 1, ``config``
+    their cached configuration bytes (5.1.1), ``table_bits`` the INTIDs whose bit was set
+    in the pending table when EnableLPIs was last set (written back as clear on disable),
+    ``lpi_limit`` one past the largest INTID GICR_PROPBASER.IDbits allowed then."""
+
+    regs: RegisterBankState
+    enable_lpis: bool
+    lpi_limit: int
+    pending: frozenset[int]
+    config: Mapping[int, int]
+    table_bits: frozenset[int]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "regs": self.regs.to_dict(),
+            "enable_lpis": self.enable_lpis,
+            "lpi_limit": self.lpi_limit,
+            "pending": sorted(self.pending),
+            "config": [[i, c] for i, c in sorted(self.config.items())],
+            "table_bits": sorted(self.table_bits),
+        }
+
+    @classmethod
+    def from_dict(cls, d: object, config: RedistributorConfig, known: tuple[str, ...] = ()) -> RedistributorState:
+        """Checked against the architecture and ``config``: GICR_PROPBASER/PENDBASER hold
+        only the bits a write keeps (12.11.29, 12.11.28), PTZ is clear while EnableLPIs=1
+        (it is consumed by the enable), GICR_WAKER is asleep or awake (12.11.41); while
+        EnableLPIs=1 the LPI limit is the one PROPBASER gives and every pending or table
+        INTID is an LPI below it (5.1: LPIs are INTIDs 8192 and up); with EnableLPIs=0 no
+        LPI is pending (5.1.2: the state is in the pending table); the configuration
+        cache holds exactly the pending LPIs, one byte each. ``known``: other fields the
+        caller's layout keeps in the same object (the SGI frame)."""
+        m = mapping(d)
+        only(m, ("regs", "enable_lpis", "lpi_limit", "pending", "config", "table_bits", *known))
+        with at("regs"):
+            regs = RegisterBankState.from_dict(req(m, "regs"), gicr_rd_registers(config.iidr))
+            prop, pend = regs.values["PROPBASER"][0], regs.values["PENDBASER"][0]
+            for name, v, keep in (("PROPBASER", prop, PROPBASER_MASK), ("PENDBASER", pend, PENDBASER_MASK)):
+                if v and (v & ~keep or sanitise_attributes(v, 7, 10, 56) != v):  # 0 is the reset value
+                    raise FieldError(name, f"{v:#x} is not a value GICR_{name} can hold here")
+            waker = regs.values["WAKER"][0]
+            if waker not in (0, WAKER_PROCESSOR_SLEEP | WAKER_CHILDREN_ASLEEP):
+                raise FieldError("WAKER", f"{waker:#x}: ChildrenAsleep follows ProcessorSleep, nothing else is set")
+        enable = boolean(req(m, "enable_lpis"), "enable_lpis")
+        limit = uint(req(m, "lpi_limit"), 32, "lpi_limit")
+        if enable:
+            if pend & PENDBASER_PTZ:
+                raise FieldError("regs.PENDBASER", "PTZ is set with EnableLPIs=1 (the enable consumes it)")
+            if limit != lpi_limit(prop, config.lpi_id_bits):
+                raise FieldError("lpi_limit", f"{limit} is not the limit GICR_PROPBASER.IDbits gives "
+                                 f"({lpi_limit(prop, config.lpi_id_bits)})")  # fmt: skip
+        elif limit not in {0} | {1 << b for b in range(14, config.lpi_id_bits + 1)}:
+            raise FieldError("lpi_limit", f"{limit} is not 0 or 2^14 to 2^{config.lpi_id_bits}")
+        top = limit if enable else LPI_BASE  # with EnableLPIs=0 the range is empty
+        most = max(0, top - LPI_BASE)
+        pending = distinct(req(m, "pending"), LPI_BASE, max(top, LPI_BASE), most, "pending")
+        table_bits = distinct(req(m, "table_bits"), LPI_BASE, max(top, LPI_BASE), most, "table_bits")
+        cache: dict[int, int] = {}
+        with at("config"):
+            for n, pair in enumerate(items(req(m, "config"), len(pending), "")):
+                with at(n):
+                    raw_id, byte = exactly(pair, 2)
+                    intid = uint(raw_id, 32, "[0]")
+                    if intid not in pending:
+                        raise FieldError("[0]", f"caches LPI {intid}, which is not pending")
+                    if intid in cache:
+                        raise FieldError("[0]", f"caches LPI {intid} twice")
+                    cache[intid] = uint(byte, 8, "[1]")
+        if len(cache) != len(pending):
+            raise FieldError("config", "does not cache the configuration of every pending LPI")
+        return cls(regs, enable, limit, pending, MappingProxyType(cache), table_bits)
 
 
 def _text(why: str | Callable[[], str]) -> str:
@@ -169,27 +261,22 @@ class Redistributor:
         return self._config.get(intid)
 
     # -- save/restore ----------------------------------------------------------------
-    def save_state(self) -> dict[str, object]:
+    def save_state(self) -> RedistributorState:
         with self.lock:
-            return {
-                "regs": self.regs.save_state(),
-                "enable_lpis": self._enable_lpis,
-                "lpi_limit": self._lpi_limit,
-                "pending": sorted(self._pending),
-                "config": sorted(self._config.items()),
-                "table_bits": sorted(self._table_bits),
-            }
+            return RedistributorState(self.regs.save_state(), self._enable_lpis, self._lpi_limit,
+                                      frozenset(self._pending), MappingProxyType(dict(self._config)),
+                                      frozenset(self._table_bits))  # fmt: skip
 
-    def load_state(self, state: dict[str, object]) -> None:
+    def load_state(self, state: RedistributorState) -> None:
+        if set(state.config) != state.pending:
+            raise ValueError(f"{self.source}: saved configuration cache does not match pending LPIs")
         with self.lock:
-            self.regs.load_state(state["regs"])  # type: ignore[arg-type]
-            self._enable_lpis = bool(state["enable_lpis"])
-            self._lpi_limit = int(state["lpi_limit"])  # type: ignore[call-overload]
-            self._pending = {int(i) for i in state["pending"]}  # type: ignore[attr-defined]
-            self._config = {int(i): int(c) for i, c in state["config"]}  # type: ignore[attr-defined]
-            if set(self._config) != self._pending:
-                raise ValueError(f"{self.source}: saved configuration cache does not match pending LPIs")
-            self._table_bits = {int(i) for i in state["table_bits"]}  # type: ignore[attr-defined]
+            self.regs.load_state(state.regs)
+            self._enable_lpis = state.enable_lpis
+            self._lpi_limit = state.lpi_limit
+            self._pending = set(state.pending)
+            self._config = dict(state.config)
+            self._table_bits = set(state.table_bits)
             self._heap = [(c & 0xFC, i) for i, c in self._config.items() if c & 1]
             heapq.heapify(self._heap)
 
@@ -232,7 +319,7 @@ class Redistributor:
             return
         old = self.regs.get("PROPBASER")
         v = (old & ~mask) | (value & mask)
-        v &= 0x070F_FFFF_FFFF_FF9F  # OuterCache, PA[51:12], Shareability, InnerCache, IDbits
+        v &= PROPBASER_MASK
         self.regs.set("PROPBASER", sanitise_attributes(v, 7, 10, 56))
 
     def write_PENDBASER(self, index: int, value: int, mask: int) -> None:
@@ -241,7 +328,7 @@ class Redistributor:
             return
         old = self.regs.get("PENDBASER")
         v = (old & ~mask) | (value & mask)
-        v &= 0x470F_FFFF_FFFF_0F80  # PTZ, OuterCache, PA[51:16], Shareability, InnerCache
+        v &= PENDBASER_MASK
         self.regs.set("PENDBASER", sanitise_attributes(v, 7, 10, 56))
 
     def read_PENDBASER(self, index: int) -> int:
@@ -288,12 +375,10 @@ class Redistributor:
     def _enable(self) -> None:
         prop = self.regs.get("PROPBASER")
         idbits = min(field(prop, 4, 0) + 1, self.config.lpi_id_bits)
-        if idbits < 14:
+        self._lpi_limit = lpi_limit(prop, self.config.lpi_id_bits)
+        if not self._lpi_limit:
             self._diag(f"GICR_PROPBASER.IDbits gives {idbits} ID bits, fewer than 14: no LPI is in range",
                        "IHI0069 12.11.29")  # fmt: skip
-            self._lpi_limit = 0
-        else:
-            self._lpi_limit = 1 << idbits
         self._enable_lpis = True
         pend = self.regs.get("PENDBASER")
         ptz = bool(pend >> 62 & 1)
