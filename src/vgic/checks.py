@@ -64,28 +64,28 @@ def only(d: Mapping[str, object], known: tuple[str, ...] | frozenset[str]) -> No
             raise FieldError(str(key)[:40], "is not a field of this state")
 
 
-def uint(v: object, bits: int, what: str = "value") -> int:
+def uint(v: object, bits: int, what: str = "") -> int:
     """``v`` if it is a JSON integer (not a bool) in [0, 2^bits), else FieldError."""
     if type(v) is not int or not 0 <= v < 1 << bits:
         raise FieldError(what, f"{v!r:.40} is not a {bits}-bit unsigned integer")
     return v
 
 
-def bounded(v: object, lo: int, hi: int, what: str = "value") -> int:
+def bounded(v: object, lo: int, hi: int, what: str = "") -> int:
     """``v`` if it is a JSON integer in [lo, hi), else FieldError."""
     if type(v) is not int or not lo <= v < hi:
         raise FieldError(what, f"{v!r:.40} is not an integer in [{lo}, {hi})")
     return v
 
 
-def boolean(v: object, what: str = "value") -> bool:
+def boolean(v: object, what: str = "") -> bool:
     """``v`` if it is a JSON true/false, else FieldError."""
     if type(v) is not bool:
         raise FieldError(what, f"{v!r:.40} is not true or false")
     return v
 
 
-def flag(v: object, what: str = "value") -> bool:
+def flag(v: object, what: str = "") -> bool:
     """A one-bit field saved as true/false or as the integer 0 or 1."""
     if type(v) is bool:
         return v
@@ -94,14 +94,14 @@ def flag(v: object, what: str = "value") -> bool:
     raise FieldError(what, f"{v!r:.40} is not 0, 1, true or false")
 
 
-def text(v: object, limit: int = 4096, what: str = "value") -> str:
+def text(v: object, limit: int = 4096, what: str = "") -> str:
     """``v`` if it is a string of at most ``limit`` characters, else FieldError."""
     if type(v) is not str or len(v) > limit:
         raise FieldError(what, f"{v!r:.40} is not a string of at most {limit} characters")
     return v
 
 
-def hexbytes(v: object, limit: int, what: str = "value") -> bytes:
+def hexbytes(v: object, limit: int, what: str = "") -> bytes:
     """The bytes of a hex string of at most ``limit`` bytes, else FieldError."""
     s = text(v, 2 * limit, what)
     try:
@@ -110,14 +110,14 @@ def hexbytes(v: object, limit: int, what: str = "value") -> bytes:
         raise FieldError(what, f"{s!r:.40} is not a string of hex digit pairs") from None
 
 
-def items(v: object, limit: int, what: str = "value") -> list[object]:
+def items(v: object, limit: int, what: str = "") -> list[object]:
     """``v`` if it is a JSON list of at most ``limit`` items, else FieldError."""
     if type(v) is not list or len(v) > limit:
         raise FieldError(what, f"is not a list of at most {limit} items")
     return v
 
 
-def exactly(v: object, n: int, what: str = "value") -> list[object]:
+def exactly(v: object, n: int, what: str = "") -> list[object]:
     """``v`` if it is a JSON list of exactly ``n`` items, else FieldError."""
     if type(v) is not list or len(v) != n:
         raise FieldError(what, f"is not a list of {n} items")
@@ -131,7 +131,7 @@ def mapping(v: object, what: str = "") -> dict[str, object]:
     return v
 
 
-def distinct(v: object, lo: int, hi: int, limit: int, what: str = "value") -> frozenset[int]:
+def distinct(v: object, lo: int, hi: int, limit: int, what: str = "") -> frozenset[int]:
     """A JSON list of at most ``limit`` distinct integers in [lo, hi), as a set."""
     out: set[int] = set()
     values = items(v, limit, what)

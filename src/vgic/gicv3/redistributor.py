@@ -176,10 +176,13 @@ class RedistributorState:
                                  f"({lpi_limit(prop, config.lpi_id_bits)})")  # fmt: skip
         elif limit not in {0} | {1 << b for b in range(14, config.lpi_id_bits + 1)}:
             raise FieldError("lpi_limit", f"{limit} is not 0 or 2^14 to 2^{config.lpi_id_bits}")
-        top = limit if enable else LPI_BASE  # with EnableLPIs=0 the range is empty
-        most = max(0, top - LPI_BASE)
-        pending = distinct(req(m, "pending"), LPI_BASE, max(top, LPI_BASE), most, "pending")
-        table_bits = distinct(req(m, "table_bits"), LPI_BASE, max(top, LPI_BASE), most, "table_bits")
+        if not enable:
+            for name in ("pending", "config", "table_bits"):
+                if req(m, name) != []:
+                    raise FieldError(name, "lists LPIs with EnableLPIs=0 (the pending state is in the table then)")
+        top = max(limit, LPI_BASE) if enable else LPI_BASE
+        pending = distinct(req(m, "pending"), LPI_BASE, top, top - LPI_BASE, "pending")
+        table_bits = distinct(req(m, "table_bits"), LPI_BASE, top, top - LPI_BASE, "table_bits")
         cache: dict[int, int] = {}
         with at("config"):
             for n, pair in enumerate(items(req(m, "config"), len(pending), "")):
