@@ -218,13 +218,13 @@ def _its_state_from_dict(d: object, config: ItsConfig, num_redistributors: int) 
                 bits = uint(size, 5, "[2]")
                 if bits >= typer.idbits:
                     raise FieldError("[2]", f"Size {bits} gives more EventID bits than GITS_TYPER.ID_bits")
-                evs: list[list[int]] = []
+                evs: list[tuple[int, int, int]] = []
                 with at(3):
                     for k, ev in enumerate(items(events, CACHE_LIMIT)):
                         with at(k):
                             event, pintid, icid = exactly(ev, 3)
-                            evs.append([uint(event, bits + 1, "[0]"), uint(pintid, typer.idbits, "[1]"),
-                                        uint(icid, 16, "[2]")])  # fmt: skip
+                            evs.append((uint(event, bits + 1, "[0]"), uint(pintid, typer.idbits, "[1]"),
+                                        uint(icid, 16, "[2]")))  # fmt: skip
                             if evs[-1][1] < LPI_BASE:
                                 raise FieldError("[1]", f"{evs[-1][1]} is not an LPI INTID")
                             if evs[-1][2] >= typer.collections:
@@ -232,7 +232,7 @@ def _its_state_from_dict(d: object, config: ItsConfig, num_redistributors: int) 
                     if len({e[0] for e in evs}) != len(evs):
                         raise FieldError("", "caches an EventID twice")
                 cached += 1 + len(evs)
-                devices.append([ident, addr, bits, evs])
+                devices.append([ident, addr, bits, sorted(evs)])  # as Its.save_state() lists them
         if cached > CACHE_LIMIT:
             raise FieldError("", f"caches {cached} entries, more than the ITS's {CACHE_LIMIT}")
     collections: dict[int, int] = {}

@@ -156,7 +156,7 @@ def _fields(member: str) -> Iterator[None]:
         raise SnapshotError(f"{member}: {e}") from None
 
 
-def _nesting_within(data: bytes, depth: int) -> bool:
+def _nesting_within(data: bytes | bytearray, depth: int) -> bool:
     """Whether JSON ``data`` nests arrays and objects at most ``depth`` deep (strings
     removed, each pass strips the innermost bracket pairs: linear time per pass)."""
     skeleton = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
@@ -167,7 +167,7 @@ def _nesting_within(data: bytes, depth: int) -> bool:
     return not skeleton
 
 
-def _json(data: bytes, member: str) -> object:
+def _json(data: bytes | bytearray, member: str) -> object:
     if not _nesting_within(data, JSON_DEPTH):
         raise SnapshotError(f"{member}: JSON nested deeper than {JSON_DEPTH} levels, or unbalanced")
     try:
@@ -176,7 +176,7 @@ def _json(data: bytes, member: str) -> object:
         raise SnapshotError(f"{member}: not valid JSON ({e})") from None
 
 
-def _member(z: zipfile.ZipFile, name: str, limit: int) -> bytes:
+def _member(z: zipfile.ZipFile, name: str, limit: int) -> bytearray:
     """Member ``name``, refused if it declares or inflates to more than ``limit`` bytes."""
     info = z.getinfo(name)
     if info.file_size > limit:
@@ -187,7 +187,7 @@ def _member(z: zipfile.ZipFile, name: str, limit: int) -> bytes:
             out += chunk
             if len(out) > limit:
                 raise SnapshotError(f"{name}: inflates to more than the {limit} bytes it may hold")
-    return bytes(out)
+    return out
 
 
 @dataclass(frozen=True)
@@ -244,7 +244,7 @@ def _manifest(d: object, kind: str) -> _Manifest:
 class _Archive:
     manifest: _Manifest
     state: Any  # the JSON state, upgraded to VERSION
-    memory: dict[int, bytes]  # region base -> its page records
+    memory: dict[int, bytearray]  # region base -> its page records
 
 
 def _read(source: str | Path | IO[bytes], kind: str) -> _Archive:
@@ -266,7 +266,7 @@ def _read(source: str | Path | IO[bytes], kind: str) -> _Archive:
             for name in names:
                 if name != "manifest.json" and name not in manifest.sha256:
                     raise SnapshotError(f"{name[:60]}: a member the manifest does not list")
-            members: dict[str, bytes] = {}
+            members: dict[str, bytearray] = {}
             sizes = {f"mem-{b:x}.bin": s // PAGE * _RECORD for b, s in manifest.regions}
             for name, digest in manifest.sha256.items():
                 if name not in names:
