@@ -17,15 +17,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from vgic.checks import items, mapping, text, uint
+from vgic.checks import FieldError, at, exactly, items, mapping, only, req, text, uint
 from vgic.events import EventLog, Kind
-from vgic.gicv3.cpu_interface import CpuInterface
-from vgic.gicv3.distributor import GICD_FRAME_SIZE, GICD_IIDR_QEMU, Distributor, SpiView
-from vgic.gicv3.redistributor import RD_FRAME_SIZE, SGI_FRAME_OFFSET, Redistributor, RedistributorConfig
-from vgic.gicv3.sgi import SgiFrame
+from vgic.gicv3.cpu_interface import CpuInterface, CpuInterfaceState
+from vgic.gicv3.distributor import GICD_FRAME_SIZE, GICD_IIDR_QEMU, Distributor, DistributorState, SpiView
+from vgic.gicv3.redistributor import (
+    RD_FRAME_SIZE,
+    SGI_FRAME_OFFSET,
+    Redistributor,
+    RedistributorConfig,
+    RedistributorState,
+)
+from vgic.gicv3.sgi import SgiFrame, SgiFrameState
 from vgic.its.config import ItsConfig
 from vgic.its.its import Its
 from vgic.its.registers import ITS_FRAME_SIZE
+from vgic.its.state import ItsState
 from vgic.memory import GuestMemory
 
 # QEMU virt (platform-notes.md)
@@ -75,29 +82,99 @@ class GicConfig:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], max_cpus: int = MAX_CPUS) -> GicConfig:
-        """The inverse of :meth:`to_dict`, every field checked; ValueError otherwise."""
-        d = mapping(d, "GIC configuration")
-        its = tuple(ItsConfig.from_dict(mapping(i, "ITS configuration")) for i in items(d["its"], 8, "its"))
+    def from_dict(cls, d: object, max_cpus: int = MAX_CPUS) -> GicConfig:
+        """The inverse of :meth:`to_dict`, every field checked: a FieldError (ValueError)
+        naming the field otherwise, and never a configuration :class:`Gic` would refuse."""
+        m = mapping(d)
+        only(m, ("num_cpus", "its", "redistributor", "pri_bits", "num_spis", "gicd_base", "its_bases",
+                 "gicr_base", "gicd_iidr", "profile"))  # fmt: skip
+        its: list[ItsConfig] = []
+        for n, i in enumerate(items(req(m, "its"), 8, "its")):
+            with at("its"), at(n):
+                its.append(ItsConfig.from_dict(mapping(i)))
+        with at("redistributor"):
+            redistributor = RedistributorConfig.from_dict(mapping(req(m, "redistributor")))
+        with at("its_bases"):
+            its_bases = tuple(uint(b, 52, f"[{n}]") for n, b in enumerate(items(req(m, "its_bases"), 8)))
         config = cls(
-            num_cpus=uint(d["num_cpus"], 16, "num_cpus"),
-            its=its,
-            redistributor=RedistributorConfig.from_dict(mapping(d["redistributor"], "redistributor")),
-            pri_bits=uint(d["pri_bits"], 4, "pri_bits"),
-            num_spis=uint(d["num_spis"], 10, "num_spis"),
-            gicd_base=uint(d["gicd_base"], 52, "gicd_base"),
-            its_bases=tuple(uint(b, 52, "its_bases") for b in items(d["its_bases"], 8, "its_bases")),
-            gicr_base=uint(d["gicr_base"], 52, "gicr_base"),
-            gicd_iidr=uint(d["gicd_iidr"], 32, "gicd_iidr"),
-            profile=text(d["profile"], 64, "profile"),
+            num_cpus=uint(req(m, "num_cpus"), 16, "num_cpus"),
+            its=tuple(its),
+            redistributor=redistributor,
+            pri_bits=uint(req(m, "pri_bits"), 4, "pri_bits"),
+            num_spis=uint(req(m, "num_spis"), 10, "num_spis"),
+            gicd_base=uint(req(m, "gicd_base"), 52, "gicd_base"),
+            its_bases=its_bases,
+            gicr_base=uint(req(m, "gicr_base"), 52, "gicr_base"),
+            gicd_iidr=uint(req(m, "gicd_iidr"), 32, "gicd_iidr"),
+            profile=text(req(m, "profile"), 64, "profile"),
         )
         if not 1 <= config.num_cpus <= max_cpus:
-            raise ValueError(f"num_cpus must be 1 to {max_cpus}")
-        if not 5 <= config.pri_bits <= 8 or config.num_spis % 32 or config.num_spis > 988:
-            raise ValueError("pri_bits 5..8, num_spis a multiple of 32 up to 988")
+            raise FieldError("num_cpus", f"{config.num_cpus} is not 1 to {max_cpus}")
+        if not 5 <= config.pri_bits <= 8:
+            raise FieldError("pri_bits", f"{config.pri_bits} is not 5 to 8 (ICC_CTLR_EL1.PRIbits + 1)")
+        if config.num_spis % 32 or config.num_spis > 988:
+            raise FieldError("num_spis", f"{config.num_spis} is not a multiple of 32 up to 988 (GICD_TYPER)")
         if len(config.its_bases) < len(config.its):
-            raise ValueError("each ITS needs a base address")
+            raise FieldError("its_bases", "gives fewer base addresses than there are ITSes")
+        for n, i in enumerate(config.its):
+            with at("its"), at(n):
+                i.check_layout(config.num_cpus)
         return config
+
+
+# == the GIC's state ======================================================================
+
+
+@dataclass(frozen=True)
+class GicState:
+    """The saved state of a whole GIC: each block's own state type, one redistributor,
+    SGI frame and CPU interface per CPU, one state per ITS."""
+
+    distributor: DistributorState
+    redistributors: tuple[RedistributorState, ...]
+    sgi_frames: tuple[SgiFrameState, ...]
+    cpus: tuple[CpuInterfaceState, ...]
+    its: tuple[ItsState, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (format 2: each redistributor's object holds its SGI frame as "sgi")."""
+        return {
+            "distributor": self.distributor.to_dict(),
+            "redistributors": [
+                {**rd.to_dict(), "sgi": sgi.to_dict()}
+                for rd, sgi in zip(self.redistributors, self.sgi_frames, strict=True)
+            ],
+            "cpus": [cpu.to_dict() for cpu in self.cpus],
+            "its": [its.to_dict() for its in self.its],
+        }
+
+    @classmethod
+    def from_dict(cls, d: object, config: GicConfig) -> GicState:
+        """Every block's state checked against ``config``; FieldError naming the field."""
+        m = mapping(d)
+        only(m, ("distributor", "redistributors", "cpus", "its"))
+        with at("distributor"):
+            distributor = DistributorState.from_dict(req(m, "distributor"), config.num_spis)
+        n = config.num_cpus
+        rds: list[RedistributorState] = []
+        sgis: list[SgiFrameState] = []
+        with at("redistributors"):
+            for i, r in enumerate(exactly(req(m, "redistributors"), n)):
+                with at(i):
+                    rds.append(RedistributorState.from_dict(r, config.redistributor, known=("sgi",)))
+                    with at("sgi"):
+                        sgis.append(SgiFrameState.from_dict(req(mapping(r), "sgi")))
+        with at("cpus"):
+            cpus = []
+            for i, c in enumerate(exactly(req(m, "cpus"), n)):
+                with at(i):
+                    cpus.append(CpuInterfaceState.from_dict(c, config.pri_bits))
+        with at("its"):
+            its = []
+            for i, s in enumerate(exactly(req(m, "its"), len(config.its))):
+                with at(i):
+                    its.append(ItsState.from_dict(s, config.its[i], n))
+        return cls(distributor, tuple(rds), tuple(sgis), tuple(cpus), tuple(its))
 
 
 _Handler = tuple[int, int, Callable[[int, int], int], Callable[[int, int, int], None]]
@@ -161,27 +238,29 @@ class Gic:
             "profile": c.profile,
         }
 
-    def save_state(self) -> dict[str, object]:
-        return {
-            "distributor": self.distributor.save_state(),
-            "redistributors": [
-                {**rd.save_state(), "sgi": sgi.save_state()}
-                for rd, sgi in zip(self.redistributors, self.sgi_frames, strict=True)
-            ],
-            "cpus": [cpu.save_state() for cpu in self.cpus],
-            "its": [its.save_state() for its in self.its],
-        }
+    def save_state(self) -> GicState:
+        return GicState(
+            self.distributor.save_state(),
+            tuple(rd.save_state() for rd in self.redistributors),
+            tuple(sgi.save_state() for sgi in self.sgi_frames),
+            tuple(cpu.save_state() for cpu in self.cpus),
+            tuple(its.save_state() for its in self.its),
+        )
 
-    def load_state(self, state: dict[str, Any]) -> None:
-        self.distributor.load_state(state["distributor"])
-        if len(state["redistributors"]) != len(self.redistributors) or len(state["its"]) != len(self.its):
-            raise ValueError("the snapshot has a different number of CPUs or ITSes")
-        for rd, sgi, s in zip(self.redistributors, self.sgi_frames, state["redistributors"], strict=True):
-            rd.load_state(s)
-            sgi.load_state(s["sgi"])
-        for cpu, s in zip(self.cpus, state["cpus"], strict=True):
-            cpu.load_state(s)
-        for its, s in zip(self.its, state["its"], strict=True):
+    def load_state(self, state: GicState) -> None:
+        """Load a state from :meth:`save_state` or :meth:`GicState.from_dict` (checked
+        against this GIC's configuration), without side effects: no command runs."""
+        n = len(self.redistributors)
+        counts = (len(state.redistributors), len(state.sgi_frames), len(state.cpus), len(state.its))
+        if counts != (n, n, n, len(self.its)):
+            raise ValueError("the saved state has a different number of CPUs or ITSes")
+        self.distributor.load_state(state.distributor)
+        for rd, sgi, cpu, rs, ss, cs in zip(self.redistributors, self.sgi_frames, self.cpus, state.redistributors,
+                                            state.sgi_frames, state.cpus, strict=True):  # fmt: skip
+            rd.load_state(rs)
+            sgi.load_state(ss)
+            cpu.load_state(cs)
+        for its, s in zip(self.its, state.its, strict=True):
             its.load_state(s)
         self._update_all()
 

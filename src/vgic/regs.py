@@ -24,9 +24,11 @@ the device, with one rule set for every GIC block:
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
+from vgic.checks import FieldError, at, exactly, mapping, uint
 from vgic.events import EventLog, Kind
 
 
@@ -51,6 +53,37 @@ class Register:
     @property
     def size(self) -> int:
         return self.width * self.count
+
+
+@dataclass(frozen=True)
+class RegisterBankState:
+    """The saved values of a register file: register name -> one value per index.
+
+    Read-only and RAZ/WI registers are saved (the format carries every register) but never
+    restored: what they read comes from the configuration, not from the file."""
+
+    values: Mapping[str, tuple[int, ...]]
+
+    def to_dict(self) -> dict[str, list[int]]:
+        return {name: list(vals) for name, vals in self.values.items()}
+
+    @classmethod
+    def from_dict(cls, d: object, registers: Iterable[Register]) -> RegisterBankState:
+        """Every register of ``registers`` once, each a list of ``count`` values within
+        the register's width (IHI 0069 12.1.3: 32 or 64 bits), and no other name."""
+        saved = mapping(d)
+        rows = {r.name: r for r in registers}
+        for name in saved:
+            if name not in rows:
+                raise FieldError(str(name)[:40], "is no register of this block")
+        values: dict[str, tuple[int, ...]] = {}
+        for r in rows.values():
+            if r.name not in saved:
+                raise FieldError(r.name, "missing")
+            with at(r.name):
+                vals = exactly(saved[r.name], r.count)
+                values[r.name] = tuple(uint(v, 8 * r.width, f"[{i}]") for i, v in enumerate(vals))
+        return cls(MappingProxyType(values))
 
 
 _Slot = tuple[Register, int, int]  # register, index in its array, byte offset within it
@@ -127,15 +160,22 @@ class RegisterBank:
             self.values[r.name] = [r.reset] * r.count
 
     # -- save/restore -------------------------------------------------------------------
-    def save_state(self) -> dict[str, list[int]]:
-        return {name: list(vals) for name, vals in self.values.items()}
+    def save_state(self) -> RegisterBankState:
+        return RegisterBankState(MappingProxyType({name: tuple(vals) for name, vals in self.values.items()}))
 
-    def load_state(self, state: dict[str, list[int]]) -> None:
-        for name, vals in state.items():
-            r = self.registers.get(name)
-            if r is None or len(vals) != r.count:
-                raise ValueError(f"{self.source}: saved register {name} does not fit this model")
-            self.values[name] = [int(v) for v in vals]
+    def load_state(self, state: RegisterBankState | Mapping[str, object]) -> None:
+        """Restore the registers software or the model can change (RW, WO); a JSON dict is
+        checked with :meth:`RegisterBankState.from_dict` first (ValueError if it does not fit)."""
+        if not isinstance(state, RegisterBankState):
+            state = RegisterBankState.from_dict(dict(state), self.registers.values())
+        if state.values.keys() != self.registers.keys():
+            raise ValueError(f"{self.source}: the saved registers are not this block's")
+        for name, r in self.registers.items():
+            if r.access in (Access.RW, Access.WO):
+                vals = state.values[name]
+                if len(vals) != r.count:
+                    raise ValueError(f"{self.source}: saved register {name} does not fit this model")
+                self.values[name] = list(vals)
 
     # -- value access for handlers and tools ----------------------------------------
     def get(self, name: str, index: int = 0) -> int:

@@ -15,7 +15,9 @@ the set bits (a few per CPU), never by walking every INTID.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
+from vgic.checks import FieldError, hexbytes, mapping, only, req, uint
 from vgic.regs import Reader, Writer
 
 # The set/clear register pairs over a bank's bitmaps (IHI 0069 12.9, 12.10), by name
@@ -29,6 +31,55 @@ BITMAP_REGISTERS: dict[str, tuple[str, str | None]] = {
     "ISACTIVER": ("active", "set"),
     "ICACTIVER": ("active", "clear"),
 }
+
+
+# The priority bits GICD_IPRIORITYR<n> / GICR_IPRIORITYR<n> writes keep: 5, as QEMU's GIC
+# (unimplemented low-order bits are RAZ/WI: IHI 0069, GICD_IPRIORITYR<n>).
+PRIORITY_BITS_MASK = 0xF8
+_BITMAPS = ("enabled", "latched", "level", "active", "group", "edge")
+
+
+@dataclass(frozen=True)
+class InterruptBankState:
+    """The saved state of an :class:`InterruptBank`: one bit per INTID in each bitmap
+    (bit n is INTID n), and one priority byte per INTID from 0 to the bank's last."""
+
+    enabled: int
+    latched: int
+    level: int
+    active: int
+    group: int
+    edge: int
+    priority: bytes
+
+    def to_dict(self) -> dict[str, object]:
+        d: dict[str, object] = {f: getattr(self, f) for f in _BITMAPS}
+        d["priority"] = self.priority.hex()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: object, first: int, count: int) -> InterruptBankState:
+        """Bitmaps with no bit outside INTIDs [first, first + count), priorities for INTIDs
+        0 .. first + count - 1 with the unimplemented bits and those below ``first`` zero."""
+        m = mapping(d)
+        only(m, (*_BITMAPS, "priority"))
+        valid = ((1 << count) - 1) << first
+        bitmaps: dict[str, int] = {}
+        for f in _BITMAPS:
+            v = uint(req(m, f), first + count, f)
+            if v & ~valid:
+                raise FieldError(f, f"has bits outside INTIDs {first} to {first + count - 1}")
+            bitmaps[f] = v
+        prio = hexbytes(req(m, "priority"), first + count, "priority")
+        if len(prio) != first + count:
+            raise FieldError("priority", f"holds {len(prio)} priorities, not {first + count}")
+        if any(prio[:first]):
+            raise FieldError("priority", f"sets priorities of INTIDs below {first}, which are not this bank's")
+        if any(p & ~PRIORITY_BITS_MASK for p in prio):
+            raise FieldError(
+                "priority", f"has bits outside the implemented mask {PRIORITY_BITS_MASK:#x} (GICD_IPRIORITYR<n>)"
+            )
+        return cls(priority=prio, **bitmaps)
 
 
 def _bits(mask: int) -> list[int]:
@@ -57,20 +108,16 @@ class InterruptBank:
         self.edge = 0  # 1 = edge-triggered (ICFGR odd bits)
         self.priority = bytearray(self.first + self.count)
 
-    _FIELDS = ("enabled", "latched", "level", "active", "group", "edge")
+    def save_state(self) -> InterruptBankState:
+        return InterruptBankState(self.enabled, self.latched, self.level, self.active, self.group, self.edge,
+                                  bytes(self.priority))  # fmt: skip
 
-    def save_state(self) -> dict[str, object]:
-        d: dict[str, object] = {f: getattr(self, f) for f in self._FIELDS}
-        d["priority"] = self.priority.hex()
-        return d
-
-    def load_state(self, state: dict[str, object]) -> None:
-        for f in self._FIELDS:
-            setattr(self, f, int(state[f]))  # type: ignore[call-overload]
-        prio = bytes.fromhex(str(state["priority"]))
-        if len(prio) != len(self.priority):
-            raise ValueError("saved priorities do not fit this interrupt bank")
-        self.priority = bytearray(prio)
+    def load_state(self, state: InterruptBankState) -> None:
+        if len(state.priority) != len(self.priority) or any(getattr(state, f) & ~self._valid for f in _BITMAPS):
+            raise ValueError("saved interrupt state does not fit this interrupt bank")
+        self.enabled, self.latched, self.level = state.enabled, state.latched, state.level
+        self.active, self.group, self.edge = state.active, state.group, state.edge
+        self.priority = bytearray(state.priority)
 
     @property
     def pending(self) -> int:

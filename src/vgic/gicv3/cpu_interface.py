@@ -19,8 +19,10 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
+from vgic.checks import FieldError, bounded, exactly, flag, mapping, only, req, uint
 from vgic.events import EventLog, Kind
 
 SPURIOUS = 1023
@@ -70,6 +72,57 @@ SYSREG_BY_NAME = {name: enc for enc, name in SYSREG_ENCODINGS.items()}
 Encoding = tuple[int, int, int, int, int]
 
 
+def preemption_bits(pri_bits: int) -> int:
+    """Preemption bits of a CPU interface with ``pri_bits`` priority bits: as many, but at
+    most 7 (ICC_CTLR_EL1.PREbits; 128 levels fill ICC_AP<n>R0..3_EL1)."""
+    return min(pri_bits, 7)
+
+
+@dataclass(frozen=True)
+class CpuInterfaceState:
+    """The saved ICC_* state of one CPU interface (IHI 0069 12.2). ``ap`` holds the active
+    priorities of Group 0 and Group 1: bit k is group priority k << (8 - PREbits)."""
+
+    pmr: int
+    bpr0: int
+    bpr1: int
+    eoimode: bool
+    cbpr: bool
+    igrpen0: bool
+    igrpen1: bool
+    ap: tuple[int, int]
+
+    _FLAGS = ("eoimode", "cbpr", "igrpen0", "igrpen1")
+
+    def to_dict(self) -> dict[str, object]:
+        """The one-bit fields are saved as 0 or 1 (format 1 and 2 files do)."""
+        d: dict[str, object] = {"pmr": self.pmr, "bpr0": self.bpr0, "bpr1": self.bpr1}
+        d.update({k: int(getattr(self, k)) for k in self._FLAGS})
+        d["ap"] = list(self.ap)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: object, pri_bits: int) -> CpuInterfaceState:
+        """Checked against the ``pri_bits`` implemented: ICC_PMR_EL1 without unimplemented
+        low-order bits (RAZ/WI), ICC_BPR0_EL1 from its minimum 7 - PREbits and ICC_BPR1_EL1
+        from that plus one, to 7 (4.8.5), and two active-priority bitmaps within the bits
+        of the ICC_AP<n>R<m>_EL1 registers PREbits implements (one bit per group priority)."""
+        m = mapping(d)
+        only(m, ("pmr", "bpr0", "bpr1", *cls._FLAGS, "ap"))
+        pre = preemption_bits(pri_bits)
+        pri_mask = (0xFF << (8 - pri_bits)) & 0xFF
+        pmr = uint(req(m, "pmr"), 8, "pmr")
+        if pmr & ~pri_mask:
+            raise FieldError("pmr", f"{pmr:#x} sets priority bits beyond the {pri_bits} implemented")
+        bpr0 = bounded(req(m, "bpr0"), 7 - pre, 8, "bpr0")
+        bpr1 = bounded(req(m, "bpr1"), 8 - pre, 8, "bpr1")
+        flags = {k: flag(req(m, k), k) for k in cls._FLAGS}
+        ap = exactly(req(m, "ap"), 2, "ap")
+        levels = 1 << pre
+        ap0, ap1 = (uint(v, levels, f"ap[{g}]") for g, v in enumerate(ap))
+        return cls(pmr, bpr0, bpr1, ap=(ap0, ap1), **flags)
+
+
 class CpuInterface:
     """One CPU's interface. Guarded by the lock of its redistributor."""
 
@@ -98,7 +151,7 @@ class CpuInterface:
         self.on_sgi: Callable[[int, int, int], None] = lambda cpu, value, group: None
         # Preemption bits: as many as priority bits, but at most 7 (128 levels, AP<n>R0..3),
         # so 8 priority bits give 7 preemption bits and a BPR0 minimum of 0 (QEMU: prebits).
-        self.pre_bits = min(pri_bits, 7)
+        self.pre_bits = preemption_bits(pri_bits)
         self._min_bpr0 = 7 - self.pre_bits  # 4.8.5: BPR0 min; the Non-secure BPR1 min is one more
         self.sysreg_readers, self.sysreg_writers = self._sysreg_table()
         self.reset()
@@ -116,19 +169,17 @@ class CpuInterface:
             self.irq_level = False
             self.fiq_level = False
 
-    _STATE = ("pmr", "bpr0", "bpr1", "eoimode", "cbpr", "igrpen0", "igrpen1")
-
-    def save_state(self) -> dict[str, object]:
-        d: dict[str, object] = {k: int(getattr(self, k)) for k in self._STATE}
-        d["ap"] = list(self.ap)
-        return d
-
-    def load_state(self, state: dict[str, object]) -> None:
+    def save_state(self) -> CpuInterfaceState:
         with self.lock:
-            for k in self._STATE:
-                v = int(state[k])  # type: ignore[call-overload]
-                setattr(self, k, bool(v) if k in ("eoimode", "cbpr", "igrpen0", "igrpen1") else v)
-            self.ap = [int(x) for x in state["ap"]]  # type: ignore[attr-defined]
+            return CpuInterfaceState(self.pmr, self.bpr0, self.bpr1, self.eoimode, self.cbpr, self.igrpen0,
+                                     self.igrpen1, (self.ap[0], self.ap[1]))  # fmt: skip
+
+    def load_state(self, state: CpuInterfaceState) -> None:
+        with self.lock:
+            self.pmr, self.bpr0, self.bpr1 = state.pmr, state.bpr0, state.bpr1
+            self.eoimode, self.cbpr = state.eoimode, state.cbpr
+            self.igrpen0, self.igrpen1 = state.igrpen0, state.igrpen1
+            self.ap = list(state.ap)
             self.irq_level = self.fiq_level = False
 
     # -- priority arithmetic -----------------------------------------------------------

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
+from vgic.checks import FieldError, at, mapping, only, req
 from vgic.events import EventLog
-from vgic.gicv3.banked import InterruptBank, bitmap_handlers
-from vgic.regs import Access, Register, RegisterBank, id_registers
+from vgic.gicv3.banked import InterruptBank, InterruptBankState, bitmap_handlers
+from vgic.regs import Access, Register, RegisterBank, RegisterBankState, id_registers
 
 GICD_FRAME_SIZE = 0x10000
 
@@ -28,6 +30,7 @@ CTLR_DS = 1 << 6
 CTLR_RWP = 1 << 31
 TYPER_A3V = 1 << 24  # Aff3 supported in SGI generation and routing
 TYPER_NO1N = 1 << 25  # no 1-of-N SPI routing: GICD_IROUTER<n>.IRM is RAZ/WI
+IROUTER_AFFINITY = 0xFF_0000_0000 | 0xFFFFFF  # Aff3[39:32], Aff2.Aff1.Aff0[23:0]
 
 GICD_IIDR_QEMU = 0x0000043B  # Arm r0p0, ProductID 0: QEMU's virt GIC
 GICD_IIDR_VGIC = 0x5600043B  # vgic's own: ProductID 'V' (0x56)
@@ -52,6 +55,39 @@ GICD_REGISTERS: list[Register] = [
     Register("IROUTER", 0x6000, 8, count=1020),
     *id_registers(_ID),
 ]
+
+
+@dataclass(frozen=True)
+class DistributorState:
+    """The saved distributor: its registers (GICD_CTLR, GICD_IROUTER<n>) and the SPIs."""
+
+    regs: RegisterBankState
+    spis: InterruptBankState
+
+    def to_dict(self) -> dict[str, object]:
+        return {"regs": self.regs.to_dict(), "spis": self.spis.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: object, num_spis: int) -> DistributorState:
+        """GICD_CTLR with ARE and DS set (RAO/WI with one security state) and nothing but
+        EnableGrp0/1 besides; GICD_IROUTER<n> holding only affinity fields (IRM is RAZ/WI
+        with GICD_TYPER.No1N=1), and zero for INTIDs that are no SPI of ``num_spis``."""
+        m = mapping(d)
+        only(m, ("regs", "spis"))
+        with at("regs"):
+            regs = RegisterBankState.from_dict(req(m, "regs"), GICD_REGISTERS)
+            ctlr = regs.values["CTLR"][0]
+            fixed = CTLR_ARE | CTLR_DS
+            if ctlr & fixed != fixed or ctlr & ~(fixed | CTLR_ENABLE_GRP0 | CTLR_ENABLE_GRP1):
+                raise FieldError("CTLR", f"{ctlr:#x} is not a GICD_CTLR value: ARE and DS set, EnableGrp0/1 only")
+            for intid, v in enumerate(regs.values["IROUTER"]):
+                spi = 32 <= intid < 32 + num_spis
+                if v & ~IROUTER_AFFINITY if spi else v:
+                    raise FieldError(f"IROUTER[{intid}]", f"{v:#x} is not an affinity of SPI routing"
+                                     if spi else f"{v:#x} routes INTID {intid}, which is no SPI here")  # fmt: skip
+        with at("spis"):
+            spis = InterruptBankState.from_dict(req(m, "spis"), 32, num_spis)
+        return cls(regs, spis)
 
 
 class Distributor:
@@ -88,14 +124,14 @@ class Distributor:
         for intid in range(32, 32 + self.num_spis):
             self._route(intid, 0)
 
-    def save_state(self) -> dict[str, object]:
+    def save_state(self) -> DistributorState:
         with self.lock:
-            return {"regs": self.regs.save_state(), "spis": self.spis.save_state()}
+            return DistributorState(self.regs.save_state(), self.spis.save_state())
 
-    def load_state(self, state: dict[str, object]) -> None:
+    def load_state(self, state: DistributorState) -> None:
         with self.lock:
-            self.regs.load_state(state["regs"])  # type: ignore[arg-type]
-            self.spis.load_state(state["spis"])  # type: ignore[arg-type]
+            self.regs.load_state(state.regs)
+            self.spis.load_state(state.spis)
             for intid in range(32, 32 + self.num_spis):
                 v = self.regs.get("IROUTER", intid)
                 aff = (v >> 32 & 0xFF) << 24 | (v & 0xFFFFFF)
@@ -154,7 +190,7 @@ class Distributor:
         if not 32 <= index < 32 + self.num_spis:
             return
         v = (self.regs.get("IROUTER", index) & ~mask) | (value & mask)
-        v &= 0xFF_0000_0000 | 0xFFFFFF
+        v &= IROUTER_AFFINITY
         self.regs.set("IROUTER", v, index)
         aff = (v >> 32 & 0xFF) << 24 | (v & 0xFFFFFF)
         self._route(index, 0 if v >> 31 & 1 else self.affinity_to_cpu.get(aff, -1))

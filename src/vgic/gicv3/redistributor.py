@@ -34,16 +34,17 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left, insort
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
+from types import MappingProxyType
 from typing import Any
 
-from vgic.checks import boolean, uint
+from vgic.checks import FieldError, at, boolean, distinct, exactly, items, mapping, only, req, text, uint
 from vgic.events import EventLog, Kind
 from vgic.gicv3.attributes import sanitise_attributes
 from vgic.memory import GuestMemory, MemoryFault
-from vgic.regs import Access, Register, RegisterBank, field, id_registers
+from vgic.regs import Access, Register, RegisterBank, RegisterBankState, field, id_registers
 
 LPI_BASE = 8192
 RD_FRAME_SIZE = 0x20000  # RD_base frame + SGI_base frame (GICv3)
@@ -64,6 +65,13 @@ ACCESS_UNITS = 16
 # GICR_WAKER bits (12.11.41)
 WAKER_PROCESSOR_SLEEP = 1 << 1
 WAKER_CHILDREN_ASLEEP = 1 << 2
+
+# The bits GICR_PROPBASER / GICR_PENDBASER keep (12.11.29, 12.11.28): PROPBASER OuterCache,
+# PA[51:12], Shareability, InnerCache, IDbits; PENDBASER PTZ, OuterCache, PA[51:16],
+# Shareability, InnerCache.
+PROPBASER_MASK = 0x070F_FFFF_FFFF_FF9F
+PENDBASER_MASK = 0x470F_FFFF_FFFF_0F80
+PENDBASER_PTZ = 1 << 62
 
 GICR_IIDR_QEMU = 0x0000043B  # Arm r0p0, ProductID 0: QEMU's virt GIC
 GICR_IIDR_VGIC = 0x5600043B  # vgic's own: ProductID 'V' (0x56)
@@ -180,6 +188,10 @@ class SortedIds:
         return self._buckets
 
 
+JOB_KINDS = ("reload", "move", "scan", "writeback")
+MAX_JOBS = 16  # reloads coalesce (2 at most), a move per waiting ITS (8 at most), a scan, a write-back
+
+
 @dataclass(slots=True)
 class LpiJob:
     """Deferred work over many LPIs of one redistributor, as data (saved in snapshots).
@@ -200,15 +212,135 @@ class LpiJob:
     end: int = 0
     refused: int = 0  # move: LPIs the target would have ignored, kept here
 
+    def copy(self) -> LpiJob:
+        return LpiJob(self.ident, self.kind, list(self.intids), list(self.clear), self.target, self.table,
+                      self.cursor, self.end, self.refused)  # fmt: skip
+
     def to_list(self) -> list[object]:
         return [self.ident, self.kind, sorted(self.intids), sorted(self.clear), self.target, self.table, self.cursor,
                 self.end, self.refused]  # fmt: skip
 
     @staticmethod
-    def from_list(v: list[object]) -> LpiJob:
-        ident, kind, intids, clear, target, table, cursor, end, refused = v
-        return LpiJob(int(ident), str(kind), [int(i) for i in intids], [int(i) for i in clear],  # type: ignore
-                      int(target), int(table), int(cursor), int(end), int(refused))  # type: ignore  # fmt: skip
+    def from_list(v: object, lpi_id_bits: int) -> LpiJob:
+        """A saved job, checked: a known kind, LPI INTIDs of the GIC's range, a pending
+        table 64 KiB aligned (12.11.28), a scan within the table's LPI part (5.1.2)."""
+        ident, kind, intids, clear, target, table, cursor, end, refused = exactly(v, 9)
+        top = 1 << lpi_id_bits
+        job = LpiJob(uint(ident, 32, "[0]"), text(kind, 16, "[1]"),
+                     sorted(distinct(intids, LPI_BASE, top, top - LPI_BASE, "[2]")),
+                     sorted(distinct(clear, LPI_BASE, top, top - LPI_BASE, "[3]")),
+                     uint(target, 16, "[4]") if target != -1 else -1, uint(table, 52, "[5]"),
+                     uint(cursor, 32, "[6]"), uint(end, 32, "[7]"), uint(refused, 32, "[8]"))  # fmt: skip
+        if job.kind not in JOB_KINDS:
+            raise FieldError("[1]", f"{job.kind!r} is not a job kind ({', '.join(JOB_KINDS)})")
+        if job.table % 0x10000:
+            raise FieldError("[5]", f"{job.table:#x}: a pending table is 64 KiB aligned")
+        if job.kind == "scan" and not LPI_BASE // 8 <= job.cursor <= job.end <= top // 8:
+            raise FieldError("[6]", f"a scan from {job.cursor} to {job.end} is not within the pending table's LPIs")
+        if job.kind != "writeback" and job.clear:
+            raise FieldError("[3]", "only a write-back clears bits")
+        if job.kind == "move" and job.target < 0:
+            raise FieldError("[4]", "a move names its target")
+        return job
+
+
+def lpi_limit(propbaser: int, lpi_id_bits: int) -> int:
+    """One past the largest LPI INTID a GICR_PROPBASER value allows, bounded by the GIC's
+    ``lpi_id_bits``; 0 when IDbits gives fewer than 14 bits (no LPI in range, 12.11.29)."""
+    idbits = min(field(propbaser, 4, 0) + 1, lpi_id_bits)
+    return 1 << idbits if idbits >= 14 else 0
+
+
+@dataclass(frozen=True)
+class RedistributorState:
+    """The saved LPI state of one redistributor (IHI 0069 5.1).
+
+    ``pending`` are the LPIs pending in the host set while EnableLPIs is 1, ``config``
+    their cached configuration bytes (5.1.1), ``table_bits`` the INTIDs whose bit was set
+    in the pending table when EnableLPIs was last set (written back as clear on disable),
+    ``lpi_limit`` one past the largest INTID GICR_PROPBASER.IDbits allowed then."""
+
+    regs: RegisterBankState
+    enable_lpis: bool
+    lpi_limit: int
+    pending: frozenset[int]
+    config: Mapping[int, int]
+    table_bits: frozenset[int]
+    jobs: tuple[LpiJob, ...] = ()  # deferred LPI-wide work (INVALL, MOVALL, table read/write-back)
+    next_job: int = 1
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "regs": self.regs.to_dict(),
+            "enable_lpis": self.enable_lpis,
+            "lpi_limit": self.lpi_limit,
+            "pending": sorted(self.pending),
+            "config": [[i, c] for i, c in sorted(self.config.items())],
+            "table_bits": sorted(self.table_bits),
+            "jobs": [job.to_list() for job in self.jobs],
+            "next_job": self.next_job,
+        }
+
+    @classmethod
+    def from_dict(cls, d: object, config: RedistributorConfig, known: tuple[str, ...] = ()) -> RedistributorState:
+        """Checked against the architecture and ``config``: GICR_PROPBASER/PENDBASER hold
+        only the bits a write keeps (12.11.29, 12.11.28), PTZ is clear while EnableLPIs=1
+        (it is consumed by the enable), GICR_WAKER is asleep or awake (12.11.41); while
+        EnableLPIs=1 the LPI limit is the one PROPBASER gives and every pending or table
+        INTID is an LPI below it (5.1: LPIs are INTIDs 8192 and up); with EnableLPIs=0 no
+        LPI is pending (5.1.2: the state is in the pending table); the configuration
+        cache holds exactly the pending LPIs, one byte each. ``known``: other fields the
+        caller's layout keeps in the same object (the SGI frame)."""
+        m = mapping(d)
+        only(m, ("regs", "enable_lpis", "lpi_limit", "pending", "config", "table_bits", "jobs", "next_job", *known))
+        with at("regs"):
+            regs = RegisterBankState.from_dict(req(m, "regs"), gicr_rd_registers(config.iidr))
+            prop, pend = regs.values["PROPBASER"][0], regs.values["PENDBASER"][0]
+            for name, v, keep in (("PROPBASER", prop, PROPBASER_MASK), ("PENDBASER", pend, PENDBASER_MASK)):
+                if v and (v & ~keep or sanitise_attributes(v, 7, 10, 56) != v):  # 0 is the reset value
+                    raise FieldError(name, f"{v:#x} is not a value GICR_{name} can hold here")
+            waker = regs.values["WAKER"][0]
+            if waker not in (0, WAKER_PROCESSOR_SLEEP | WAKER_CHILDREN_ASLEEP):
+                raise FieldError("WAKER", f"{waker:#x}: ChildrenAsleep follows ProcessorSleep, nothing else is set")
+        enable = boolean(req(m, "enable_lpis"), "enable_lpis")
+        limit = uint(req(m, "lpi_limit"), 32, "lpi_limit")
+        if enable:
+            if pend & PENDBASER_PTZ:
+                raise FieldError("regs.PENDBASER", "PTZ is set with EnableLPIs=1 (the enable consumes it)")
+            if limit != lpi_limit(prop, config.lpi_id_bits):
+                raise FieldError("lpi_limit", f"{limit} is not the limit GICR_PROPBASER.IDbits gives "
+                                 f"({lpi_limit(prop, config.lpi_id_bits)})")  # fmt: skip
+        elif limit not in {0} | {1 << b for b in range(14, config.lpi_id_bits + 1)}:
+            raise FieldError("lpi_limit", f"{limit} is not 0 or 2^14 to 2^{config.lpi_id_bits}")
+        if not enable:
+            for name in ("pending", "config", "table_bits"):
+                if req(m, name) != []:
+                    raise FieldError(name, "lists LPIs with EnableLPIs=0 (the pending state is in the table then)")
+        top = max(limit, LPI_BASE) if enable else LPI_BASE
+        pending = distinct(req(m, "pending"), LPI_BASE, top, top - LPI_BASE, "pending")
+        table_bits = distinct(req(m, "table_bits"), LPI_BASE, top, top - LPI_BASE, "table_bits")
+        cache: dict[int, int] = {}
+        with at("config"):
+            for n, pair in enumerate(items(req(m, "config"), len(pending), "")):
+                with at(n):
+                    raw_id, byte = exactly(pair, 2)
+                    intid = uint(raw_id, 32, "[0]")
+                    if intid not in pending:
+                        raise FieldError("[0]", f"caches LPI {intid}, which is not pending")
+                    if intid in cache:
+                        raise FieldError("[0]", f"caches LPI {intid} twice")
+                    cache[intid] = uint(byte, 8, "[1]")
+        if len(cache) != len(pending):
+            raise FieldError("config", "does not cache the configuration of every pending LPI")
+        jobs: list[LpiJob] = []
+        with at("jobs"):
+            for n, raw in enumerate(items(m.get("jobs", []), MAX_JOBS, "")):
+                with at(n):
+                    jobs.append(LpiJob.from_list(raw, config.lpi_id_bits))
+        next_job = uint(m.get("next_job", 1), 32, "next_job")
+        if any(job.ident >= next_job for job in jobs) or len({job.ident for job in jobs}) != len(jobs):
+            raise FieldError("jobs", "job idents must be distinct and below next_job")
+        return cls(regs, enable, limit, pending, MappingProxyType(cache), table_bits, tuple(jobs), next_job)
 
 
 def _text(why: str | Callable[[], str]) -> str:
@@ -283,34 +415,28 @@ class Redistributor:
         return self._config.get(intid)
 
     # -- save/restore ----------------------------------------------------------------
-    def save_state(self) -> dict[str, object]:
+    def save_state(self) -> RedistributorState:
         with self.lock:
-            return {
-                "regs": self.regs.save_state(),
-                "enable_lpis": self._enable_lpis,
-                "lpi_limit": self._lpi_limit,
-                "pending": sorted(self._pending),
-                "config": sorted(self._config.items()),
-                "table_bits": sorted(self._table_bits),
-                "jobs": [job.to_list() for job in self._jobs],
-                "next_job": self._next_job,
-            }
+            return RedistributorState(self.regs.save_state(), self._enable_lpis, self._lpi_limit,
+                                      frozenset(self._pending), MappingProxyType(dict(self._config)),
+                                      frozenset(self._table_bits), tuple(job.copy() for job in self._jobs),
+                                      self._next_job)  # fmt: skip
 
-    def load_state(self, state: dict[str, object]) -> None:
+    def load_state(self, state: RedistributorState) -> None:
+        if set(state.config) != state.pending:
+            raise ValueError(f"{self.source}: saved configuration cache does not match pending LPIs")
         with self.lock:
-            self.regs.load_state(state["regs"])  # type: ignore[arg-type]
-            self._enable_lpis = bool(state["enable_lpis"])
-            self._lpi_limit = int(state["lpi_limit"])  # type: ignore[call-overload]
-            self._pending = {int(i) for i in state["pending"]}  # type: ignore[attr-defined]
-            self._config = {int(i): int(c) for i, c in state["config"]}  # type: ignore[attr-defined]
-            if set(self._config) != self._pending:
-                raise ValueError(f"{self.source}: saved configuration cache does not match pending LPIs")
-            self._table_bits = {int(i) for i in state["table_bits"]}  # type: ignore[attr-defined]
+            self.regs.load_state(state.regs)
+            self._enable_lpis = state.enable_lpis
+            self._lpi_limit = state.lpi_limit
+            self._pending = set(state.pending)
+            self._config = dict(state.config)
+            self._table_bits = set(state.table_bits)
             self._levels, self._priorities = {}, []
             for i, c in self._config.items():
                 self._rank(i, c)
-            self._jobs = deque(LpiJob.from_list(j) for j in state.get("jobs", []))  # type: ignore[attr-defined]
-            self._next_job = int(state.get("next_job", 1))  # type: ignore[call-overload]
+            self._jobs = deque(job.copy() for job in state.jobs)
+            self._next_job = state.next_job
 
     # -- MMIO ------------------------------------------------------------------------
     def read(self, offset: int, size: int) -> int:
@@ -360,7 +486,7 @@ class Redistributor:
             return
         old = self.regs.get("PROPBASER")
         v = (old & ~mask) | (value & mask)
-        v &= 0x070F_FFFF_FFFF_FF9F  # OuterCache, PA[51:12], Shareability, InnerCache, IDbits
+        v &= PROPBASER_MASK
         self.regs.set("PROPBASER", sanitise_attributes(v, 7, 10, 56))
 
     def write_PENDBASER(self, index: int, value: int, mask: int) -> None:
@@ -369,7 +495,7 @@ class Redistributor:
             return
         old = self.regs.get("PENDBASER")
         v = (old & ~mask) | (value & mask)
-        v &= 0x470F_FFFF_FFFF_0F80  # PTZ, OuterCache, PA[51:16], Shareability, InnerCache
+        v &= PENDBASER_MASK
         self.regs.set("PENDBASER", sanitise_attributes(v, 7, 10, 56))
 
     def read_PENDBASER(self, index: int) -> int:
@@ -423,12 +549,10 @@ class Redistributor:
     def _enable(self) -> None:
         prop = self.regs.get("PROPBASER")
         idbits = min(field(prop, 4, 0) + 1, self.config.lpi_id_bits)
-        if idbits < 14:
+        self._lpi_limit = lpi_limit(prop, self.config.lpi_id_bits)
+        if not self._lpi_limit:
             self._diag(f"GICR_PROPBASER.IDbits gives {idbits} ID bits, fewer than 14: no LPI is in range",
                        "IHI0069 12.11.29")  # fmt: skip
-            self._lpi_limit = 0
-        else:
-            self._lpi_limit = 1 << idbits
         self._enable_lpis = True
         pend = self.regs.get("PENDBASER")
         ptz = bool(pend >> 62 & 1)
@@ -529,6 +653,7 @@ class Redistributor:
 
     def _job_reload(self, job: LpiJob) -> int:
         assert isinstance(job.intids, list)
+        job.cursor = 1  # started: a later INVALL needs a reload of its own
         chunk = job.intids[-JOB_CHUNK:]
         del job.intids[-JOB_CHUNK:]  # from the end: O(chunk), never a copy of the rest
         for intid in chunk:
@@ -677,8 +802,13 @@ class Redistributor:
 
     def start_invalidate_all(self) -> int:
         """Queue a reload of every pending LPI's configuration (INVALL, GICR_INVALLR);
-        returns the job's ident (:meth:`job_done`)."""
+        returns the job's ident (:meth:`job_done`). A reload queued and not started yet
+        already covers this one: it is shared, so a guest repeating GICR_INVALLR cannot
+        pile up copies of its pending set."""
         with self.lock:
+            last = self._jobs[-1] if self._jobs else None
+            if last is not None and last.kind == "reload" and not last.cursor:
+                return last.ident
             return self._queue(LpiJob(0, "reload", intids=list(self._pending)))
 
     def invalidate_all(self) -> None:

@@ -9,10 +9,12 @@ SGIs are raised by ICC_SGI*R_EL1 writes through the GIC.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from vgic.gicv3.banked import InterruptBank, bitmap_handlers
+from vgic.checks import FieldError, at, mapping, only, req
+from vgic.gicv3.banked import InterruptBank, InterruptBankState, bitmap_handlers
 from vgic.gicv3.redistributor import Redistributor
-from vgic.regs import Access, Register, RegisterBank
+from vgic.regs import Access, Register, RegisterBank, RegisterBankState
 
 GICR_SGI_REGISTERS: list[Register] = [
     Register("IGROUPR0", 0x0080, 4),
@@ -28,6 +30,33 @@ GICR_SGI_REGISTERS: list[Register] = [
     Register("NSACR", 0x0E00, 4, access=Access.RAZ_WI),
 ]
 SGI_EDGE = 0xFFFF  # SGIs are always edge-triggered (ICFGR0 is RO)
+
+
+@dataclass(frozen=True)
+class SgiFrameState:
+    """The saved SGI_base frame of one CPU: its registers and its SGI/PPI state."""
+
+    regs: RegisterBankState
+    bank: InterruptBankState
+
+    def to_dict(self) -> dict[str, object]:
+        return {"regs": self.regs.to_dict(), "bank": self.bank.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: object) -> SgiFrameState:
+        """SGIs stay edge-triggered (IHI 0069: GICR_ICFGR0 is read-only) and have no
+        input line: only PPIs (16-31) are driven by devices."""
+        m = mapping(d)
+        only(m, ("regs", "bank"))
+        with at("regs"):
+            regs = RegisterBankState.from_dict(req(m, "regs"), GICR_SGI_REGISTERS)
+        with at("bank"):
+            bank = InterruptBankState.from_dict(req(m, "bank"), 0, 32)
+            if bank.edge & SGI_EDGE != SGI_EDGE:
+                raise FieldError("edge", "makes an SGI level-sensitive; SGIs are always edge-triggered")
+            if bank.level & SGI_EDGE:
+                raise FieldError("level", "drives an SGI's input line; SGIs have none")
+        return cls(regs, bank)
 
 
 class SgiFrame:
@@ -54,12 +83,14 @@ class SgiFrame:
         with self.rd.lock:
             self.regs.write(offset, size, value)
 
-    def save_state(self) -> dict[str, object]:
-        return {"regs": self.regs.save_state(), "bank": self.bank.save_state()}
+    def save_state(self) -> SgiFrameState:
+        with self.rd.lock:
+            return SgiFrameState(self.regs.save_state(), self.bank.save_state())
 
-    def load_state(self, state: dict[str, object]) -> None:
-        self.regs.load_state(state["regs"])  # type: ignore[arg-type]
-        self.bank.load_state(state["bank"])  # type: ignore[arg-type]
+    def load_state(self, state: SgiFrameState) -> None:
+        with self.rd.lock:
+            self.regs.load_state(state.regs)
+            self.bank.load_state(state.bank)
 
     def read_IPRIORITYR(self, index: int) -> int:
         return int.from_bytes(self.bank.priority[4 * index : 4 * index + 4], "little")

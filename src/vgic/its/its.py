@@ -51,6 +51,7 @@ from vgic.its.cache import CACHE_LIMIT, CachedDevice, TranslationCache
 from vgic.its.config import TABLE_ENTRY_SIZE, ErrorPolicy, ItsConfig, PintidBound
 from vgic.its.errors import Check, CommandError, ItsError
 from vgic.its.registers import BASER_TYPE_COLLECTION, BASER_TYPE_DEVICE, BASER_TYPE_NONE, gits_registers
+from vgic.its.state import ERROR_HISTORY, CachedDeviceState, ItsState
 from vgic.its.tables import (
     PAGE_SIZES,
     DeviceEntry,
@@ -63,7 +64,6 @@ from vgic.memory import GuestMemory, MemoryFault
 from vgic.regs import RegisterBank
 from vgic.regs import field as bits
 
-ERROR_HISTORY = 64  # command errors each ITS remembers (saved in snapshots, marked by decode)
 ACCESS_UNITS = 16  # commands (or job units) one guest access may run
 VERIFY_AT_DISABLE = 256  # cached entries compared with memory when the ITS is disabled
 
@@ -141,50 +141,54 @@ class Its:
             self._invalidate_caches()
 
     # == save/restore ================================================================
-    def save_state(self) -> dict[str, object]:
+    def save_state(self) -> ItsState:
         """Everything needed to continue exactly: registers, queue position, stall, caches."""
         with self.lock:
-            waiting = None if self._waiting is None else [self._waiting[0].index, self._waiting[1]]
-            return {
-                "regs": self.regs.save_state(),
-                "enabled": self._enabled,
-                "stalled": self._stalled,
-                "queue_invalid": self._queue_invalid,
-                "creadr": self._creadr,
-                "cwriter": self._cwriter,
-                "waiting": waiting,
-                "hcc_collections": sorted(self._hcc_collections.items()),
-                "devices": [
-                    [dev_id, d.entry.itt_addr, d.entry.size, sorted((e, i.pintid, i.icid) for e, i in d.events.items())]
+            return ItsState(
+                regs=self.regs.save_state(),
+                enabled=self._enabled,
+                stalled=self._stalled,
+                queue_invalid=self._queue_invalid,
+                creadr=self._creadr,
+                cwriter=self._cwriter,
+                waiting=None if self._waiting is None else (self._waiting[0].index, self._waiting[1]),
+                hcc_collections=tuple(sorted(self._hcc_collections.items())),
+                devices=tuple(
+                    (
+                        dev_id,
+                        d.entry.itt_addr,
+                        d.entry.size,
+                        tuple(sorted((e, i.pintid, i.icid) for e, i in d.events.items())),
+                    )
                     for dev_id, d in sorted(self.cache.devices.items())
-                ],
-                "collections": sorted((icid, rd.index) for icid, rd in self.cache.collections.items()),
-                "unsynced": sorted(self._unsynced),
-                "errors": [list(e) for e in self.error_history],
-                "command_counts": sorted(self.command_counts.items()),
-            }
+                ),
+                collections=tuple(sorted((icid, rd.index) for icid, rd in self.cache.collections.items())),
+                unsynced=frozenset(self._unsynced),
+                errors=tuple(self.error_history),
+                command_counts=tuple(sorted(self.command_counts.items())),
+            )
 
-    def load_state(self, state: dict[str, Any]) -> None:
+    def load_state(self, state: ItsState) -> None:
         """Restore without side effects: no command runs, no MSI is raised (a restore
-        in any register order cannot replay a stale queue)."""
+        in any register order cannot replay a stale queue). ``state`` is trusted as
+        :meth:`ItsState.from_dict` checked it against this ITS's configuration."""
         with self.lock:
-            self.regs.load_state(state["regs"])
-            self._enabled = bool(state["enabled"])
-            self._stalled = bool(state["stalled"])
-            self._queue_invalid = bool(state["queue_invalid"])
-            self._creadr = int(state["creadr"])
-            self._cwriter = int(state["cwriter"])
-            waiting = state.get("waiting")
-            self._waiting = None if waiting is None else (self.redistributors[int(waiting[0])], int(waiting[1]))
-            self._hcc_collections = {int(i): int(r) for i, r in state["hcc_collections"]}
+            self.regs.load_state(state.regs)
+            self._enabled = state.enabled
+            self._stalled = state.stalled
+            self._queue_invalid = state.queue_invalid
+            self._creadr = state.creadr
+            self._cwriter = state.cwriter
+            rd_job = state.waiting
+            self._waiting = None if rd_job is None else (self.redistributors[rd_job[0]], rd_job[1])
+            self._hcc_collections = dict(state.hcc_collections)
             self._invalidate_caches()
-            self._restore_caches(state["devices"], state["collections"])
-            self._unsynced = {int(i) for i in state.get("unsynced", [])}
-            self.error_history = deque(((int(o), int(c), str(m), str(t)) for o, c, m, t in state.get("errors", [])),
-                                       maxlen=ERROR_HISTORY)  # fmt: skip
-            self.command_counts = {str(n): int(c) for n, c in state.get("command_counts", [])}
+            self._restore_caches(state.devices, state.collections)
+            self._unsynced = set(state.unsynced)
+            self.error_history = deque(state.errors, maxlen=ERROR_HISTORY)
+            self.command_counts = dict(state.command_counts)
 
-    def _restore_caches(self, devices: list[Any], collections: list[Any]) -> None:
+    def _restore_caches(self, devices: Sequence[CachedDeviceState], collections: Sequence[tuple[int, int]]) -> None:
         """Cache entries saved by :meth:`save_state`, at the addresses the current tables
         give them; one that cannot be located is dropped (it is only a cache)."""
         for dev_id, itt, size, events in devices:

@@ -48,6 +48,7 @@ from unicorn import arm64_const as A
 
 from vgic.gicv3.cpu_interface import SYSREG_ENCODINGS
 from vgic.machine import ucfast
+from vgic.machine.state import VcpuState
 from vgic.machine.timer import TIMER_SYSREGS, GenericTimer
 
 if TYPE_CHECKING:
@@ -115,6 +116,7 @@ _SAVED_CP_REGS: list[tuple[str, tuple[int, int, int, int, int]]] = [
     ("CNTKCTL_EL1", (14, 1, 3, 0, 0)),
     ("AMAIR_EL1", (10, 3, 3, 0, 0)),
 ]
+SAVED_REGISTER_NAMES = tuple(name for name, _ in _SAVED_REGS) + tuple(name for name, _ in _SAVED_CP_REGS)
 
 
 class CpuState(enum.Enum):
@@ -206,33 +208,27 @@ class Cpu:
         return self._mmu
 
     # == save/restore ====================================================================
-    def save_state(self) -> dict[str, object]:
+    def save_state(self) -> VcpuState:
         """Architectural state: general, FP/SIMD and EL1 system registers, power state."""
         regs = {name: self.reg(r) for name, r in _SAVED_REGS}
         regs.update({name: self.cp_reg(enc) for name, enc in _SAVED_CP_REGS})
-        return {
-            "regs": regs,
-            "pc": self.pc,
-            "state": self.state.value,
-            "timer": self.timer.save_state(),
-            "replay": [list(x) for x in self._replay],
-            "instructions": self.instructions,
-        }
+        return VcpuState(regs, self.pc, self.state.value, self.timer.save_state(), tuple(self._replay),
+                         self.instructions)  # fmt: skip
 
-    def load_state(self, state: dict[str, Any]) -> None:
-        regs = state["regs"]
+    def load_state(self, state: VcpuState) -> None:
+        regs = state.regs
         for name, enc in _SAVED_CP_REGS:
-            self.set_cp_reg(enc, int(regs[name]))
-        self.set_reg(A.UC_ARM64_REG_PSTATE, int(regs["PSTATE"]))
+            self.set_cp_reg(enc, regs[name])
+        self.set_reg(A.UC_ARM64_REG_PSTATE, regs["PSTATE"])
         for name, r in _SAVED_REGS:
             if name not in ("PSTATE", "SP"):
-                self.set_reg(r, int(regs[name]))
-        self.set_reg(A.UC_ARM64_REG_SP, int(regs["SP"]))  # the active bank, last
-        self.pc = int(state["pc"])
-        self.state = CpuState(state["state"])
-        self.timer.load_state(state["timer"])
-        self._replay = [(int(a), int(v)) for a, v in state["replay"]]
-        self.instructions = int(state["instructions"])
+                self.set_reg(r, regs[name])
+        self.set_reg(A.UC_ARM64_REG_SP, regs["SP"])  # the active bank, last
+        self.pc = state.pc
+        self.state = CpuState(state.power)
+        self.timer.load_state(state.timer)
+        self._replay = list(state.replay)
+        self.instructions = state.instructions
         self._mmu = None
 
     @property

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
+from vgic.checks import FieldError, at, boolean, hexbytes, mapping, only, req, uint
 from vgic.events import EventLog
-from vgic.regs import Access, Register, RegisterBank, id_registers
+from vgic.regs import Access, Register, RegisterBank, RegisterBankState, id_registers
 
 PL011_SIZE = 0x1000
 
@@ -23,6 +25,8 @@ INT_RX = 1 << 4
 INT_TX = 1 << 5
 INT_RT = 1 << 6
 LCR_FEN = 1 << 4
+INT_ALL = 0x7FF  # UARTRIS/UARTIMSC: the eleven interrupt bits [10:0]
+RX_LIMIT = 1 << 20  # received bytes a snapshot may carry (the model's receive queue grows with input)
 
 PL011_REGISTERS: list[Register] = [
     Register("DR", 0x000, 4, byte_access=True),
@@ -44,6 +48,41 @@ PL011_REGISTERS: list[Register] = [
 ]
 
 
+@dataclass(frozen=True)
+class Pl011State:
+    """The saved UART: registers, the bytes received and not yet read, UARTRIS, and the
+    level of the interrupt output."""
+
+    regs: RegisterBankState
+    rx: bytes
+    ris: int
+    level: bool
+
+    def to_dict(self) -> dict[str, object]:
+        return {"regs": self.regs.to_dict(), "rx": self.rx.hex(), "ris": self.ris, "level": self.level}
+
+    @classmethod
+    def from_dict(cls, d: object) -> Pl011State:
+        """UARTIMSC and UARTRIS within their eleven bits (PL011 TRM 3.3.10, 3.3.11); the
+        receive interrupts (RXRIS, RTRIS) set exactly while received bytes wait; the output
+        level is UARTRIS & UARTIMSC != 0, as the model drives it."""
+        m = mapping(d)
+        only(m, ("regs", "rx", "ris", "level"))
+        with at("regs"):
+            regs = RegisterBankState.from_dict(req(m, "regs"), PL011_REGISTERS)
+            imsc = regs.values["IMSC"][0]
+            if imsc & ~INT_ALL:
+                raise FieldError("IMSC", f"{imsc:#x} has bits beyond UARTIMSC[10:0]")
+        rx = hexbytes(req(m, "rx"), RX_LIMIT, "rx")
+        ris = uint(req(m, "ris"), 11, "ris")
+        if ris & (INT_RX | INT_RT) != (INT_RX | INT_RT if rx else 0):
+            raise FieldError("ris", f"{ris:#x}: RXRIS and RTRIS are set exactly while received bytes wait")
+        level = boolean(req(m, "level"), "level")
+        if level != bool(ris & imsc):
+            raise FieldError("level", f"{level} is not UARTRIS & UARTIMSC != 0")
+        return cls(regs, rx, ris, level)
+
+
 class Pl011:
     def __init__(self, log: EventLog, on_tx: Callable[[int], None], on_irq: Callable[[bool], None]) -> None:
         self.on_tx = on_tx
@@ -62,14 +101,14 @@ class Pl011:
         self.regs = RegisterBank(PL011_REGISTERS, log, "pl011", handlers, device=self)
         self._level = False
 
-    def save_state(self) -> dict[str, object]:
-        return {"regs": self.regs.save_state(), "rx": bytes(self.rx).hex(), "ris": self.ris, "level": self._level}
+    def save_state(self) -> Pl011State:
+        return Pl011State(self.regs.save_state(), bytes(self.rx), self.ris, self._level)
 
-    def load_state(self, state: dict[str, object]) -> None:
-        self.regs.load_state(state["regs"])  # type: ignore[arg-type]
-        self.rx = deque(bytes.fromhex(str(state["rx"])))
-        self.ris = int(state["ris"])  # type: ignore[call-overload]
-        self._level = bool(state["level"])
+    def load_state(self, state: Pl011State) -> None:
+        self.regs.load_state(state.regs)
+        self.rx = deque(state.rx)
+        self.ris = state.ris
+        self._level = state.level
 
     def read(self, offset: int, size: int) -> int:
         return self.regs.read(offset, size)
@@ -121,7 +160,7 @@ class Pl011:
         return self.ris & self.regs.get("IMSC")
 
     def write_IMSC(self, index: int, value: int, mask: int) -> None:
-        self.regs.set("IMSC", value & mask & 0x7FF)
+        self.regs.set("IMSC", value & mask & INT_ALL)
         self._update()
 
     def write_ICR(self, index: int, value: int, mask: int) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vgic.checks import FieldError, mapping, only, req, uint
+
 CNTFRQ = 62_500_000
 VIRTUAL_TIMER_PPI = 27
 PHYS_TIMER_PPI = 30
@@ -46,6 +48,38 @@ class _Timer:
         return self.fired(now) and not self.ctl & CTL_IMASK
 
 
+@dataclass(frozen=True)
+class GenericTimerState:
+    """The saved EL1 physical and virtual timers: CNTP_CTL_EL0/CNTV_CTL_EL0 (ENABLE and
+    IMASK; ISTATUS is computed) and CNTP_CVAL_EL0/CNTV_CVAL_EL0."""
+
+    phys_ctl: int
+    phys_cval: int
+    virt_ctl: int
+    virt_cval: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"phys_ctl": self.phys_ctl, "phys_cval": self.phys_cval, "virt_ctl": self.virt_ctl,
+                "virt_cval": self.virt_cval}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: object) -> GenericTimerState:
+        """CTL holds only ENABLE and IMASK (ISTATUS is read-only: Arm ARM, CNTP_CTL_EL0),
+        CVAL is a 64-bit count."""
+        m = mapping(d)
+        only(m, ("phys_ctl", "phys_cval", "virt_ctl", "virt_cval"))
+        for name in ("phys_ctl", "virt_ctl"):
+            ctl = uint(req(m, name), 64, name)
+            if ctl & ~(CTL_ENABLE | CTL_IMASK):
+                raise FieldError(name, f"{ctl:#x} sets bits other than ENABLE and IMASK")
+        return cls(
+            phys_ctl=uint(m["phys_ctl"], 2),
+            phys_cval=uint(req(m, "phys_cval"), 64, "phys_cval"),
+            virt_ctl=uint(m["virt_ctl"], 2),
+            virt_cval=uint(req(m, "virt_cval"), 64, "virt_cval"),
+        )
+
+
 class GenericTimer:
     """One CPU's timers. ``clock()`` returns the system count; ``set_ppi(intid, level)``."""
 
@@ -56,13 +90,12 @@ class GenericTimer:
         self.virt = _Timer()
         self._levels = {PHYS_TIMER_PPI: False, VIRTUAL_TIMER_PPI: False}
 
-    def save_state(self) -> dict[str, int]:
-        return {"phys_ctl": self.phys.ctl, "phys_cval": self.phys.cval, "virt_ctl": self.virt.ctl,
-                "virt_cval": self.virt.cval}  # fmt: skip
+    def save_state(self) -> GenericTimerState:
+        return GenericTimerState(self.phys.ctl, self.phys.cval, self.virt.ctl, self.virt.cval)
 
-    def load_state(self, state: dict[str, int]) -> None:
-        self.phys = _Timer(int(state["phys_ctl"]), int(state["phys_cval"]))
-        self.virt = _Timer(int(state["virt_ctl"]), int(state["virt_cval"]))
+    def load_state(self, state: GenericTimerState) -> None:
+        self.phys = _Timer(state.phys_ctl, state.phys_cval)
+        self.virt = _Timer(state.virt_ctl, state.virt_cval)
         self._levels = {PHYS_TIMER_PPI: False, VIRTUAL_TIMER_PPI: False}
 
     def _timer(self, crm: int) -> _Timer:

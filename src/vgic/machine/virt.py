@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from vgic.events import EventLog, Kind
 from vgic.gic import Gic, GicConfig
@@ -26,6 +26,7 @@ from vgic.machine import fdt, pci, psci
 from vgic.machine.cpu import Cpu, CpuState, GuestCrash
 from vgic.machine.loader import ImageError, load_image
 from vgic.machine.pl011 import PL011_SIZE, Pl011
+from vgic.machine.state import MachineState, MachineStateConfig
 from vgic.machine.timer import CNTFRQ
 from vgic.memory import GuestMemory
 from vgic.profiles import DEFAULT_PROFILE, gic_config
@@ -145,52 +146,37 @@ class VirtMachine:
         self._output_tail = b""
 
     # == save/restore (vgic.snapshot) ===============================================
-    def save_state(self) -> dict[str, Any]:
+    def save_state(self) -> MachineState:
         cfg = self.config
-        return {
-            "config": {
-                "memory": cfg.memory,
-                "smp": cfg.smp,
-                "gic": self.gic.config.to_dict(),
-                "bootargs": cfg.bootargs,
-                "psci_conduit": cfg.psci_conduit,
-                "slice": cfg.slice,
-                "flash": any(r.base == FLASH_BASE for r in self.memory.regions),
-            },
-            "counter": self.clock(),
-            "dtb_address": self.dtb_address,
-            "gic": self.gic.save_state(),
-            "uart": self.uart.save_state(),
-            "cpus": [c.save_state() for c in self.cpus],
-        }
+        config = MachineStateConfig(cfg.memory, cfg.smp, self.gic.config, cfg.bootargs, cfg.psci_conduit, cfg.slice,
+                                    any(r.base == FLASH_BASE for r in self.memory.regions))  # fmt: skip
+        return MachineState(config, self.clock(), self.dtb_address, self.gic.save_state(), self.uart.save_state(),
+                            tuple(c.save_state() for c in self.cpus))  # fmt: skip
+
+    @staticmethod
+    def ram_regions(config: MachineStateConfig) -> list[tuple[int, int]]:
+        """(base, size) of the RAM a machine of ``config`` has, as ``__init__`` maps it."""
+        return [*([(FLASH_BASE, 2 * FLASH_SIZE)] if config.flash else []), (RAM_BASE, config.memory)]
 
     @classmethod
     def from_state_config(
-        cls, state: dict[str, Any], output: Callable[[bytes], None] | None = None, log: EventLog | None = None
+        cls, state: MachineState, output: Callable[[bytes], None] | None = None, log: EventLog | None = None
     ) -> VirtMachine:
         """An empty machine configured as the one a snapshot was taken of."""
-        c = state["config"]
-        gic = GicConfig.from_dict(c["gic"])
-        config = MachineConfig(
-            memory=int(c["memory"]),
-            smp=int(c["smp"]),
-            profile=gic.profile,
-            bootargs=str(c["bootargs"]),
-            psci_conduit=str(c["psci_conduit"]),
-            slice=int(c["slice"]),
-        )
-        return cls(config, output=output, log=log, bios=b"" if c["flash"] else None, gic=gic)
+        c = state.config
+        config = MachineConfig(memory=c.memory, smp=c.smp, profile=c.gic.profile, bootargs=c.bootargs,
+                               psci_conduit=c.psci_conduit, slice=c.slice)  # fmt: skip
+        return cls(config, output=output, log=log, bios=b"" if c.flash else None, gic=c.gic)
 
-    def load_state(self, state: dict[str, Any]) -> None:
-        counter = int(state["counter"])
-        self._t0 = time.monotonic_ns() - counter * 1_000_000_000 // CNTFRQ
-        self.dtb_address = int(state["dtb_address"])
-        self.uart.load_state(state["uart"])
-        if len(state["cpus"]) != len(self.cpus):
+    def load_state(self, state: MachineState) -> None:
+        if len(state.cpus) != len(self.cpus):
             raise ValueError("the snapshot has a different number of CPUs")
-        for cpu, s in zip(self.cpus, state["cpus"], strict=True):
+        self._t0 = time.monotonic_ns() - state.counter * 1_000_000_000 // CNTFRQ
+        self.dtb_address = state.dtb_address
+        self.uart.load_state(state.uart)
+        for cpu, s in zip(self.cpus, state.cpus, strict=True):
             cpu.load_state(s)
-        self.gic.load_state(state["gic"])
+        self.gic.load_state(state.gic)
         self._stop = None
 
     # == host services for devices ==================================================
