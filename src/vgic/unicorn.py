@@ -446,6 +446,16 @@ def _exception_offset() -> int:
     return found.pop()
 
 
+def translate(uc: Uc, address: int, prot: int) -> int | None:
+    """Virtual to physical through Unicorn's MMU at the current EL, for an access of kind
+    ``prot`` (UC_PROT_READ/WRITE/EXEC); None when it would fault. Never raises into
+    the guest: it only probes."""
+    pa = ctypes.c_uint64()
+    status = uclib.uc_vmem_translate(uc._uch, ctypes.c_uint64(address & 0xFFFF_FFFF_FFFF_FFFF), ctypes.c_int(prot),
+                                     ctypes.byref(pa))  # fmt: skip
+    return None if status else int(pa.value)
+
+
 def read_code(uc: Uc, address: int) -> int | None:
     """The instruction word at virtual ``address`` through Unicorn's MMU, or None."""
     word = ctypes.c_uint32()

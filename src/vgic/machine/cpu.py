@@ -43,6 +43,7 @@ from unicorn import (  # type: ignore[attr-defined]  # unicorn's stubs lag its A
     UC_MEM_WRITE_UNMAPPED,
     UC_MODE_ARM,
     UC_PROT_ALL,
+    UC_PROT_EXEC,
     Uc,
     UcError,
 )
@@ -70,6 +71,7 @@ from vgic.unicorn import (
     map_mmio,
     prepare_el1,
     read_code,
+    translate,
 )
 
 EL1H = 0b0101
@@ -96,12 +98,15 @@ EXCP_SYNC = frozenset({EXCP_UDEF, EXCP_SWI, EXCP_PREFETCH_ABORT, EXCP_DATA_ABORT
 WAKE_STEPS = 64  # counted mode: instructions stepped after a masked WFI wakes, looking for the unmask
 MASKED_SLICE = 256  # counted mode: the slice while an interrupt waits behind PSTATE
 TLBI_QUEUE = 64  # broadcast TLBIs kept for a CPU before they become one whole flush
+CODE_QUEUE = 64  # IC IVAU lines kept for a CPU before they become one whole flush of translations
+ICACHE_LINE = 64  # CTR_EL0.IminLine of the Cortex-A57: 16 words
 
 # TLBI <op>IS at EL1 (op0=1, op1=0, CRn=8, CRm=3): VMALLE1IS, VAE1IS, ASIDE1IS, VAAE1IS,
 # VALE1IS, VAALE1IS. The other CPUs replay the local form (CRm=7, same op2).
 TLBI_IS_OP2 = (0, 1, 2, 3, 5, 7)
-# Instruction-cache maintenance: IC IALLUIS, IC IALLU, IC IVAU.
-IC_OPS = ((1, 0, 7, 1, 0), (1, 0, 7, 5, 0), (1, 3, 7, 5, 1))
+# Instruction-cache maintenance: IC IALLUIS (every CPU), IC IALLU (this CPU), IC IVAU (one
+# line by VA, every CPU).
+IC_IALLUIS, IC_IALLU, IC_IVAU = (1, 0, 7, 1, 0), (1, 0, 7, 5, 0), (1, 3, 7, 5, 1)
 
 _SAVED_REGS: list[tuple[str, int]] = [
     *((f"X{i}", getattr(A, f"UC_ARM64_REG_X{i}")) for i in range(29)),
@@ -171,7 +176,7 @@ class CpuHost(Protocol):
     def note_exception(self, cpu: int, kind: int, elr: int, esr: int | None) -> None: ...
     def note_abort(self, cpu: int, address: int, pc: int) -> None: ...
     def broadcast_tlbi(self, source: int, op2: int, value: int) -> None: ...
-    def broadcast_code_change(self, source: int) -> None: ...
+    def broadcast_code_change(self, source: int, address: int | None) -> None: ...
     def interrupt_raised(self, target: int) -> None: ...
 
 
@@ -198,7 +203,7 @@ class Cpu:
         self._event: tuple[str, Any] | None = None
         self._fault: tuple[int, int] | None = None  # (address, access) of the last unmapped access
         self._tlbi: list[tuple[int, int]] | None = []  # broadcast TLBIs to replay; None: flush all
-        self._code_stale = False  # another CPU maintained the instruction cache: drop translations
+        self._code_lines: list[int] | None = []  # other CPUs' IC IVAU lines to drop; None: drop all
 
         uc: Any = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
         self.uc = uc
@@ -219,8 +224,9 @@ class Cpu:
                 sysregs.on_read(enc, functools.partial(timer.read, enc))
         for op2 in TLBI_IS_OP2:
             sysregs.on_sys((1, 0, 8, 3, op2), functools.partial(self._on_tlbi_is, op2))
-        for enc in IC_OPS:
-            sysregs.on_sys(enc, self._on_ic)
+        sysregs.on_sys(IC_IALLUIS, self._on_ic_ialluis)
+        sysregs.on_sys(IC_IALLU, self._on_ic_iallu)
+        sysregs.on_sys(IC_IVAU, self._on_ic_ivau)
         sysregs.after = self._after_sysreg
         for base, size, read, write in host.mmio:
             map_mmio(uc, base, size, self._mmio_reader(base, read), self._mmio_writer(base, write))
@@ -313,10 +319,16 @@ class Cpu:
             else:
                 self._tlbi = None  # too many: one whole flush does for all
 
-    def invalidate_code(self) -> None:
-        """Another CPU's IC instruction: translated code may be stale (its stores are not
-        seen by this engine's write tracking); translate again before this CPU next runs."""
-        self._code_stale = True
+    def invalidate_code(self, address: int | None) -> None:
+        """Another CPU's IC IVAU (``address``) or IC IALLU[IS] (None). Its stores to code
+        are not seen by this engine's own write tracking, so translations of the line
+        (or of everything) are dropped before this CPU next runs."""
+        lines = self._code_lines
+        if lines is not None:
+            if address is None or len(lines) >= CODE_QUEUE:
+                self._code_lines = None
+            else:
+                lines.append(address & ~(ICACHE_LINE - 1) & 0xFFFF_FFFF_FFFF_FFFF)
 
     def _apply_maintenance(self) -> None:
         if self._tlbi is None:
@@ -325,16 +337,34 @@ class Cpu:
             for op2, value in self._tlbi:
                 self.regs.write_cp((8, 7, 1, 0, op2), value)
         self._tlbi = []
-        if self._code_stale:
-            self._code_stale = False
+        lines, self._code_lines = self._code_lines, []
+        if lines is None:
             self.uc.ctl_flush_tb()
+            return
+        for line in lines:
+            # Unicorn finds the translations of a VA through this CPU's MMU, and would
+            # fault outside emulation on an unmapped one: probe first. A line this CPU
+            # cannot map now may still have translations from an old mapping: drop all.
+            if translate(self.uc, line, UC_PROT_EXEC) is None:
+                self.uc.ctl_flush_tb()
+                return
+            self.uc.ctl_remove_cache(line, line + ICACHE_LINE)
 
     def _on_tlbi_is(self, op2: int, value: int) -> bool:
         self.host.broadcast_tlbi(self.index, op2, value)
         return False  # Unicorn performs it on this CPU
 
-    def _on_ic(self, value: int) -> bool:
-        self.host.broadcast_code_change(self.index)
+    def _on_ic_ialluis(self, value: int) -> bool:
+        self.host.broadcast_code_change(self.index, None)
+        self.invalidate_code(None)
+        return False
+
+    def _on_ic_iallu(self, value: int) -> bool:
+        self.invalidate_code(None)  # from the next run: code other CPUs wrote
+        return False
+
+    def _on_ic_ivau(self, value: int) -> bool:
+        self.host.broadcast_code_change(self.index, value)
         return False
 
     # == running =======================================================================
@@ -346,7 +376,7 @@ class Cpu:
             if not (self.gicc.irq_level or self.gicc.fiq_level):
                 return False
             self.state = CpuState.RUNNING
-        if self._tlbi or self._tlbi is None or self._code_stale:
+        if self._tlbi or self._tlbi is None or self._code_lines or self._code_lines is None:
             self._apply_maintenance()
         return True
 

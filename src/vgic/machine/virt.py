@@ -335,11 +335,13 @@ class VirtMachine:
             if c.index != source:
                 c.queue_tlbi(op2, value)
 
-    def broadcast_code_change(self, source: int) -> None:
-        """IC IVAU / IALLUIS: every CPU may hold translations of the old instructions."""
+    def broadcast_code_change(self, source: int, address: int | None) -> None:
+        """IC IVAU (one line) / IC IALLU[IS] (None): every CPU may hold translations of
+        the old instructions (Arm ARM D7.5.9: IC IVAU is broadcast to the Inner Shareable
+        domain)."""
         for c in self.cpus:
             if c.index != source:
-                c.invalidate_code()
+                c.invalidate_code(address)
 
     def interrupt_raised(self, target: int) -> None:
         """A CPU's interrupt line rose while another runs: end that run soon, so the
