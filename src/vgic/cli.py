@@ -50,6 +50,7 @@ def _build(args: argparse.Namespace) -> Any:
         smp=args.smp,
         bootargs=args.append or "",
         its=ItsConfig(error_policy=ErrorPolicy(args.its_errors)),
+        deterministic=args.deterministic,
     )
     bios = _read(args.bios, "firmware")
     machine = VirtMachine(config, bios=bios)
@@ -259,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--initrd", help="initial ramdisk")
     run.add_argument("--bios", help="firmware run from the flash at address 0 (as QEMU's -bios)")
     run.add_argument("--timeout", type=float, help="stop after this many seconds (exit status 5)")
+    run.add_argument("--deterministic", action="store_true",
+                     help="CPUs take turns in counted slices of instructions: a reproducible interleaving, "
+                          "guest code several times slower (docs/machine.md)")  # fmt: skip
     run.add_argument("--its-errors", choices=("stall", "continue"), default="stall",
                      help="ITS command error policy (default stall)")  # fmt: skip
     run.add_argument("--snapshot-on", nargs=2, metavar=("PAUSE", "FILE"),

@@ -468,11 +468,15 @@ class GicAttachment:
     """One CPU of a :class:`~vgic.gicv3.gic.Gic` wired into a Unicorn engine.
 
     ``cpu`` is the GIC's CPU interface; ``irq_pending``/``fiq_pending`` its lines;
-    :meth:`take_interrupt` enters the guest's IRQ or FIQ vector when the line is up and
-    PSTATE does not mask it. ``sysregs`` takes more handlers (a timer, say).
+    :meth:`take_interrupt` enters the guest's IRQ or FIQ vector when a line is up and
+    PSTATE does not mask it. ``sysregs`` takes more handlers (a timer, say). With
+    ``stop_on_interrupt``, an ICC_* access after which an interrupt can be taken (an
+    SGI to this CPU, an EOI that uncovers the next one, a PMR write) stops emulation
+    right after the instruction, so the embedder's loop takes it at once.
     """
 
-    def __init__(self, uc: Uc, gic: Gic, cpu_index: int, map_regions: bool = True, native: bool | None = None) -> None:
+    def __init__(self, uc: Uc, gic: Gic, cpu_index: int, map_regions: bool = True, native: bool | None = None,
+                 stop_on_interrupt: bool = True) -> None:  # fmt: skip
         self.uc = uc
         self.gic = gic
         self.cpu = gic.cpus[cpu_index]
@@ -481,6 +485,8 @@ class GicAttachment:
         for enc, name in SYSREG_ENCODINGS.items():
             self.sysregs.on_read(enc, functools.partial(self.cpu.read_sysreg, name))
             self.sysregs.on_write(enc, functools.partial(self.cpu.write_sysreg, name))
+        if stop_on_interrupt:
+            self.sysregs.after = self._stop_if_interrupt
         if map_regions:
             for base, size, read, write in gic.regions:
                 map_mmio(uc, base, size, read, write)
@@ -504,6 +510,10 @@ class GicAttachment:
             return VECTOR_IRQ
         return None
 
+    def _stop_if_interrupt(self) -> None:
+        if self.interrupt_vector() is not None:
+            self.uc.emu_stop()  # the hook has stepped the PC: nothing runs twice
+
     def take_interrupt(self) -> bool:
         """Enter the IRQ/FIQ vector if an interrupt can be taken; call between runs.
 
@@ -519,9 +529,10 @@ def attach(uc: Uc, gic: Gic, cpu_index: int, map_regions: bool = True) -> GicAtt
     """Wire CPU ``cpu_index`` of ``gic`` into ``uc`` (an AArch64 engine at EL1).
 
     Maps the GIC's MMIO frames (GICD, GICR, each ITS: ``gic.regions``) unless
-    ``map_regions`` is False (an SMP embedder maps them once per engine either way), and
-    hooks the ICC_* system registers. Guest RAM that the GIC reads (ITS tables, LPI
-    tables) must be the GIC's ``GuestMemory``: map its regions with
-    ``uc.mem_map_ptr(region.base, region.size, UC_PROT_ALL, region.address)``.
+    ``map_regions`` is False (an SMP embedder maps them in each CPU's engine), and hooks
+    the ICC_* system registers. Guest RAM that the GIC reads (ITS tables, LPI tables)
+    must be the GIC's :class:`~vgic.memory.GuestMemory`: map each of its regions with
+    ``uc.mem_map_ptr(region.base, region.size, UC_PROT_ALL, region.address)``, or build
+    it over buffers you own (``GuestMemory.add_ram(base, size, buffer)``).
     """
     return GicAttachment(uc, gic, cpu_index, map_regions)

@@ -66,7 +66,7 @@ from vgic.unicorn import (
     VECTOR_SYNC,
     CpEnc,
     ExceptionInfo,
-    attach,
+    GicAttachment,
     enter_exception,
     map_mmio,
     prepare_el1,
@@ -211,7 +211,7 @@ class Cpu:
         uc.ctl_exits_enabled(True)  # runs end by stop, WFI or count: no "until" address to translate
         for region in host.memory.regions:
             uc.mem_map_ptr(region.base, region.size, UC_PROT_ALL, region.address)
-        gicc_attachment = attach(uc, gic, index, map_regions=False)
+        gicc_attachment = GicAttachment(uc, gic, index, map_regions=False, stop_on_interrupt=False)
         self.regs = gicc_attachment.regs
         self.sysregs = sysregs = gicc_attachment.sysregs
         prepare_el1(uc, self.regs)
