@@ -113,6 +113,8 @@ void vgic_block_hook(void *uc, uint64_t address, uint32_t size, void *user)
     (void)address;
     (void)size;
     c->blocks++;
+    if (!(c->stop_now | c->wake_mask) && --c->countdown)
+        return; /* the usual case: nothing asked, not yet time to look at the clock */
     if (c->stop_now) {
         c->stop_now = 0;
         c->stop_reason = VGIC_STOP_REQUESTED;
@@ -128,7 +130,7 @@ void vgic_block_hook(void *uc, uint64_t address, uint32_t size, void *user)
             return;
         }
     }
-    if (--c->countdown == 0) {
+    if (c->countdown == 0 || --c->countdown == 0) {
         struct timespec ts;
         c->countdown = c->check_every;
         clock_gettime(CLOCK_MONOTONIC, &ts);
