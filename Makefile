@@ -48,7 +48,7 @@ demo: guests
 third-party:
 	-sh scripts/fetch-third-party.sh || echo "note: third-party kernel not fetched; its test will skip"
 
-bench: sysdeps deps guests
+bench: sysdeps deps guests third-party
 	$(PY) bench/run.py
 
 # A long fuzzing campaign (10 million operations by default) with a progress line:
