@@ -57,6 +57,10 @@ class ExitStatus(enum.IntEnum):
 
 @dataclass
 class MachineConfig:
+    """What ``vgic run``'s options set. ``deterministic`` picks the CPU engine's mode
+    (docs/machine.md): False runs each CPU for up to ``time_slice_us`` of host time,
+    True for exactly ``slice`` instructions (reproducible, several times slower)."""
+
     memory: int = 512 << 20
     smp: int = 1
     its: ItsConfig = field(default_factory=ItsConfig)
@@ -72,7 +76,7 @@ class RunResult:
     status: ExitStatus
     reason: str
     seconds: float = 0.0
-    instructions: int = 0
+    instructions: int = 0  # the instruction budgets handed out (deterministic mode only)
 
 
 class _Stop(Exception):
