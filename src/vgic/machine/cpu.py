@@ -395,6 +395,7 @@ class Cpu:
             return
         host = self.host
         ctl.deadline_ns = deadline_ns
+        ctl.stop_now = 0  # a request that came after the last run ended is stale
         while True:
             self._take_interrupt_if_unmasked()
             ctl.wake_mask = self._wake_mask()
@@ -466,7 +467,11 @@ class Cpu:
                 stopped = self._stop_requested or self.ctl is None or self.ctl.stop_reason != ucnative.STOP_NONE
             else:
                 stopped = bool(self._replay)
-            if not stopped and read_code(self.uc, self.pc - 4) == INSN_WFI:
+            # A pending interrupt ends WFI whatever PSTATE.I/F say (Arm ARM, "Wait for
+            # Interrupt"): the timed mode goes on at once, the counted mode wakes at the
+            # next slice and steps towards the unmask.
+            pending = timed and (self.gicc.irq_level or self.gicc.fiq_level)
+            if not stopped and not pending and read_code(self.uc, self.pc - 4) == INSN_WFI:
                 self.state = CpuState.WFI
             return
         kind, arg = event
