@@ -999,3 +999,18 @@ flag: .quad 0
     assert g.x(10) == 0x8000_0000 and g.x(10, cpu=1) == 0x8000_0001
     count = g.m.clock()
     assert 0 < g.x(11) <= count and abs(g.x(12) - g.x(11)) < CNTFRQ  # both counts are the machine's
+
+
+def test_the_cpu_knows_its_machine_only_through_cpuhost() -> None:
+    """machine/cpu.py imports nothing of machine/virt.py (no import cycle): the machine is
+    a CpuHost (a Protocol), and VirtMachine satisfies it."""
+    import ast
+
+    from vgic.machine import cpu
+
+    tree = ast.parse(Path(cpu.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "vgic.machine.virt" not in imported
+    host: cpu.CpuHost = VirtMachine(MachineConfig(memory=16 << 20))  # mypy checks this in virt.py: Cpu(self, ...)
+    assert host.halted is False and host.current_cpu is None
