@@ -1014,3 +1014,52 @@ def test_the_cpu_knows_its_machine_only_through_cpuhost() -> None:
     assert "vgic.machine.virt" not in imported
     host: cpu.CpuHost = VirtMachine(MachineConfig(memory=16 << 20))  # mypy checks this in virt.py: Cpu(self, ...)
     assert host.halted is False and host.current_cpu is None
+
+
+@needs_cross
+@both_modes
+def test_dc_zva_zeroes_its_block_and_drops_translated_code(deterministic: bool) -> None:
+    """DC ZVA zeroes the aligned 64-byte block (DCZID_EL0.BS = 4) and nothing else; a
+    block of code that ran before is gone afterwards (its translation is dropped), so
+    calling it again runs zeros: UNDEFINED."""
+    g = Guest(
+        """
+main:
+    mrs x10, dczid_el0
+    ldr x1, =buf
+    mov x2, #-1
+    mov x3, #0
+1:  str x2, [x1, x3]
+    add x3, x3, #8
+    cmp x3, #192
+    b.ne 1b
+    add x4, x1, #64 + 8
+    dc zva, x4                      // zero buf[64..127]
+    ldr x11, [x1, #56]              // untouched
+    ldr x12, [x1, #64]              // zeroed
+    ldr x13, [x1, #120]             // zeroed
+    ldr x14, [x1, #128]             // untouched
+    bl code                         // translated and run once: x15 = 5
+    ldr x4, =code
+    dc zva, x4
+    dsb ish
+    ic ivau, x4
+    dsb ish
+    isb
+    bl code                         // now zeros: UNDEFINED, taken at `code`
+    b .
+
+.balign 64
+code:
+    mov x15, #5
+    ret
+.balign 64
+buf: .skip 192
+""",
+        deterministic=deterministic,
+    )
+    g.off()
+    assert g.x(10) & 0x1F == 4  # BS: 2^4 words
+    assert (g.x(11), g.x(12), g.x(13), g.x(14)) == (2**64 - 1, 0, 0, 2**64 - 1)
+    assert g.x(15) == 5
+    assert _ec(g.x(20)) == 0 and g.x(21) == word_at(g, 0xD28000AF)  # mov x15, #5 was zeroed

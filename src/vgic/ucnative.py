@@ -11,7 +11,7 @@ Unicorn functions it calls are handed over as pointers from the loaded binding.
 ``VGIC_NATIVE=0`` is set; callers then use their pure-Python paths, so ``pip install
 vgic`` works without a compiler. Measured here (bench/run.py and docs/machine.md): an
 MRS of a register vgic does not own costs about 8 ns through the filter against 1.8 us
-through a Python hook; the block hook costs about 1 ns per block.
+through a Python hook; the block hook costs about 1.6 ns per block.
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ from importlib import resources
 from pathlib import Path
 
 MRS, MSR, SYS = 0, 1, 2
-STOP_NONE, STOP_DEADLINE, STOP_UNMASKED, STOP_REQUESTED = 0, 1, 2, 3
+STOP_NONE, STOP_DEADLINE, STOP_UNMASKED, STOP_REQUESTED, STOP_WAITING = 0, 1, 2, 3, 4
+HINT_CACHE = 256
+RAM_REGIONS = 8
+CODE_CACHE = 512
 
 READ_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint64))
 WRITE_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint32, ctypes.c_uint64)
@@ -54,6 +57,22 @@ class CpuBlock(ctypes.Structure):
         ("pad", ctypes.c_uint32),
         ("deadline_ns", ctypes.c_int64),
         ("blocks", ctypes.c_uint64),
+        ("vmem_read", ctypes.c_void_p),
+        ("yield_on_wait", ctypes.c_uint32),
+        ("waiting", ctypes.c_uint32),
+        ("hint_key", ctypes.c_uint64 * HINT_CACHE),
+        ("hint_wait", ctypes.c_uint8 * HINT_CACHE),
+        ("vmem_translate", ctypes.c_void_p),
+        ("mem_write", ctypes.c_void_p),
+        ("ram_count", ctypes.c_uint32),
+        ("pad3", ctypes.c_uint32),
+        ("ram_base", ctypes.c_uint64 * RAM_REGIONS),
+        ("ram_size", ctypes.c_uint64 * RAM_REGIONS),
+        ("code_map", ctypes.c_void_p * RAM_REGIONS),
+        ("code_cache", ctypes.c_uint64 * CODE_CACHE),
+        ("code_gen", ctypes.c_uint32 * CODE_CACHE),
+        ("code_generation", ctypes.c_uint32),
+        ("pad4", ctypes.c_uint32),
     )
 
 

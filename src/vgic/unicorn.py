@@ -300,6 +300,9 @@ class Sysregs:
         block.reg_read = ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p)
         block.reg_write = ctypes.cast(uclib.uc_reg_write, ctypes.c_void_p)
         block.emu_stop = ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p)
+        block.vmem_read = ctypes.cast(uclib.uc_vmem_read, ctypes.c_void_p)
+        block.vmem_translate = ctypes.cast(uclib.uc_vmem_translate, ctypes.c_void_p)
+        block.mem_write = ctypes.cast(uclib.uc_mem_write, ctypes.c_void_p)
         block.reg_pc, block.reg_pstate = PC, PSTATE
         block.check_every = block.countdown = 1024
         block.deadline_ns = 2**63 - 1
@@ -309,6 +312,30 @@ class Sysregs:
             _hook_add(uc, UC_HOOK_INSN, fn, user, ctypes.c_int(insn))
         self._lib = lib
         uc._vgic_sysregs = self  # the block (and its callbacks) live as long as the engine
+
+    def zero_blocks_in(self, ram: list[tuple[int, int]]) -> bool:
+        """Let the native helper perform DC ZVA into these (base, size) RAM ranges itself
+        where no code ran (see vgic/ucnative.c; it needs the block hook, which records
+        the pages code runs from); False without the helper: Unicorn does them all."""
+        if self.block is None:
+            return False
+        block = self.block
+        block.ram_count = 0
+        self._code_maps = []
+        for base, size in ram[: ucnative.RAM_REGIONS]:
+            code_map = (ctypes.c_uint8 * ((size >> 15) + 1))()
+            self._code_maps.append(code_map)
+            i = block.ram_count
+            block.ram_base[i], block.ram_size[i] = base, size
+            block.code_map[i] = ctypes.addressof(code_map)
+            block.ram_count += 1
+        return True
+
+    def mappings_changed(self) -> None:
+        """The caller changed translation state (TTBRn, TCR, SCTLR, a TLBI) behind the
+        hooks' back: the helper's cache of code pages by virtual address is dropped."""
+        if self.block is not None:
+            self.block.code_generation = (self.block.code_generation + 1) & 0xFFFF_FFFF
 
     def watch_blocks(self) -> ucnative.CpuBlock:
         """Install the native block hook (slice deadline, stop on unmask, stop on request)."""

@@ -236,6 +236,8 @@ class Cpu:
         )
         self.exception_info = ExceptionInfo(uc)
         self.ctl: ucnative.CpuBlock | None = None if deterministic else sysregs.watch_blocks()
+        if self.ctl is not None:  # DC ZVA in C needs the block hook's record of code pages
+            sysregs.zero_blocks_in([(r.base, r.size) for r in host.memory.regions])
 
     # == registers ======================================================================
     def reg(self, r: int) -> int:
@@ -258,6 +260,7 @@ class Cpu:
     def flush_tlb(self) -> None:
         """Drop every cached translation of this CPU (TLBI VMALLE1)."""
         self.regs.write_cp(TLBI_VMALLE1, 0)
+        self.sysregs.mappings_changed()
 
     # == save/restore ====================================================================
     def save_state(self) -> dict[str, object]:
@@ -336,6 +339,7 @@ class Cpu:
         else:
             for op2, value in self._tlbi:
                 self.regs.write_cp((8, 7, 1, 0, op2), value)
+            self.sysregs.mappings_changed()
         self._tlbi = []
         lines, self._code_lines = self._code_lines, []
         if lines is None:
@@ -386,16 +390,22 @@ class Cpu:
             self.state is CpuState.WFI and (self.gicc.irq_level or self.gicc.fiq_level)
         )
 
-    def run_until(self, deadline_ns: int) -> None:
+    def run_until(self, deadline_ns: int, others_runnable: bool = False) -> None:
         """Timed mode: run until CLOCK_MONOTONIC ``deadline_ns``, a WFI, power-off or a
-        stop the machine asks for (:meth:`yield_now`), taking interrupts and exceptions."""
+        stop the machine asks for (:meth:`yield_now`), taking interrupts and exceptions.
+
+        With ``others_runnable`` (or once :meth:`others_can_run` says so) the run also
+        ends after a WFE or YIELD: the guest is waiting, most likely for another CPU
+        (a lock holder, an IPI's answer), which only runs once this one stops. Unicorn
+        treats both as no-ops, so the guest would otherwise spin out its whole slice."""
         ctl = self.ctl
         assert ctl is not None, "timed runs need the native block hook"
         if not self._wake():
             return
         host = self.host
         ctl.deadline_ns = deadline_ns
-        ctl.stop_now = 0  # a request that came after the last run ended is stale
+        ctl.stop_now = ctl.waiting = 0  # requests that came after the last run ended are stale
+        ctl.yield_on_wait = 1 if others_runnable else 0
         while True:
             self._take_interrupt_if_unmasked()
             ctl.wake_mask = self._wake_mask()
@@ -408,6 +418,13 @@ class Cpu:
                 return
             if reason in (ucnative.STOP_DEADLINE, ucnative.STOP_REQUESTED) or time.monotonic_ns() >= deadline_ns:
                 return
+            if reason == ucnative.STOP_WAITING:  # after WFE/YIELD: what it waits for needs another CPU
+                return
+
+    def others_can_run(self) -> None:
+        """Timed mode: another CPU became runnable during this run (see run_until)."""
+        if self.ctl is not None:
+            self.ctl.yield_on_wait = 1
 
     def yield_now(self) -> None:
         """Timed mode: end the current run at the next block (another CPU has work)."""

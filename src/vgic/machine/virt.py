@@ -307,6 +307,8 @@ class VirtMachine:
 
     def cpu_on(self, cpu: int, entry: int, context: int) -> None:
         self.cpus[cpu].power_on(entry, context)
+        if self.current_cpu is not None:
+            self.cpus[self.current_cpu].others_can_run()
 
     def cpu_off(self, cpu: int) -> None:
         self.cpus[cpu].state = CpuState.OFF
@@ -351,6 +353,7 @@ class VirtMachine:
         """A CPU's interrupt line rose while another runs: end that run soon, so the
         target (perhaps asleep in WFI) takes it without waiting out a whole slice."""
         if self.current_cpu is not None and self.current_cpu != target:
+            self.cpus[self.current_cpu].others_can_run()
             self.cpus[self.current_cpu].yield_now()
 
     # == the run loop ===================================================================
@@ -417,7 +420,7 @@ class VirtMachine:
                 if self._timer_due is not None:  # any CPU's timer: its interrupt is taken promptly
                     deadline = min(deadline, (self._timer_due + self._counter_offset) * NS_PER_TICK)
                 self.current_cpu = cpu.index
-                cpu.run_until(deadline)
+                cpu.run_until(deadline, any(c.runnable for c in self.cpus if c is not cpu))
                 self.current_cpu = None
                 ran = True
                 if self._stop is not None:
