@@ -1063,3 +1063,47 @@ buf: .skip 192
     assert (g.x(11), g.x(12), g.x(13), g.x(14)) == (2**64 - 1, 0, 0, 2**64 - 1)
     assert g.x(15) == 5
     assert _ec(g.x(20)) == 0 and g.x(21) == word_at(g, 0xD28000AF)  # mov x15, #5 was zeroed
+
+
+@needs_cross
+def test_a_cpu_waiting_in_wfe_lets_the_others_run() -> None:
+    """Timed mode: Unicorn treats WFE as a no-op, so a CPU waiting in a WFE loop for
+    another would spin out its whole slice while the other, the only one that can end the
+    wait, does not run. The run ends after the WFE instead: the waiter executes a few
+    blocks per turn, not millions."""
+    g = Guest(
+        """
+main:
+    mov x7, #1
+    adr x8, secondary
+    psci 0xC4000003, x7, x8, xzr
+    ldr x1, =20000000
+1:  subs x1, x1, #1                 // cpu0 works a while (the waiter keeps yielding to it)
+    b.ne 1b
+    ldr x5, =flag
+    mov x2, #1
+    str x2, [x5]
+    sev
+1:  ldr x2, [x5, #8]                // wait until cpu1 saw the flag
+    cbz x2, 1b
+    off
+
+secondary:
+    ldr x5, =flag
+1:  ldr x2, [x5]
+    cbnz x2, 2f
+    wfe
+    b 1b
+2:  str x2, [x5, #8]
+3:  wfi
+    b 3b
+
+.balign 8
+flag: .quad 0, 0
+""",
+        smp=2,
+        timeout=30,
+    )
+    g.off()
+    ctl = g.m.cpus[1].ctl
+    assert ctl is not None and ctl.blocks < 200_000, ctl.blocks
