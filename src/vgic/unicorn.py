@@ -233,6 +233,8 @@ class Sysregs:
         self._writes: dict[int, Callable[[int], None]] = {}
         self._sys: dict[int, Callable[[int], bool]] = {}
         self.after: Callable[[], None] | None = None
+        self._watching = False
+        self._code_maps: list[Any] = []  # the bitmaps of code pages the helper writes
         lib = ucnative.load() if native is not False else None
         self.block: ucnative.CpuBlock | None = None
         if lib is not None:
@@ -319,9 +321,11 @@ class Sysregs:
         the pages code runs from); False without the helper: Unicorn does them all."""
         if self.block is None:
             return False
+        if not self._watching:
+            raise RuntimeError("DC ZVA in the helper needs the block hook (watch_blocks) first")
         block = self.block
         block.ram_count = 0
-        self._code_maps = []
+        self._code_maps.clear()
         for base, size in ram[: ucnative.RAM_REGIONS]:
             code_map = (ctypes.c_uint8 * ((size >> 15) + 1))()
             self._code_maps.append(code_map)
@@ -342,6 +346,7 @@ class Sysregs:
         if self.block is None:
             raise RuntimeError("the block hook needs the native helper")
         _hook_add(self.uc, UC_HOOK_BLOCK, self._lib.vgic_block_hook, ctypes.byref(self.block))
+        self._watching = True
         return self.block
 
     # -- the Python path ------------------------------------------------------------------
