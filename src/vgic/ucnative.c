@@ -59,39 +59,46 @@ enum { VGIC_STOP_NONE, VGIC_STOP_DEADLINE, VGIC_STOP_UNMASKED, VGIC_STOP_REQUEST
 #define HINT_CACHE 256 /* blocks seen, by address and size: do they end in WFE/YIELD? */
 
 struct vgic_cpu {
-    uint8_t owned[3][8192]; /* a bit per encoding op0:op1:CRn:CRm:op2, per instruction kind */
+    /* read at every block: kept together */
+    uint32_t waiting;       /* the block now running ends in WFE/YIELD: stop at the next */
+    uint32_t yield_on_wait; /* end the run after a block that ends in WFE/YIELD */
+    uint32_t stop_now;      /* set by the host: end the run at the next block */
+    uint32_t wake_mask;     /* PSTATE.{I,F} bits masking a pending interrupt (0: none pending) */
+    uint32_t countdown;     /* blocks left before the next look at the clock */
+    uint32_t check_every;
+    uint32_t stop_reason;
+    uint32_t ram_count; /* DC ZVA inside these physical ranges is done here */
+    uint32_t zva_count; /* DC ZVAs left to Unicorn (the host turns the fast path on) */
+    uint32_t pad;
+    uint64_t code_generation; /* 1..4095, in bits 63:52 of the code_cache keys */
+    uint64_t last_vpage;      /* the virtual page of the last block, already marked */
+    uint64_t blocks;
+    int64_t deadline_ns; /* CLOCK_MONOTONIC time at which the run ends */
+    int32_t reg_pc, reg_pstate;
+    /* Unicorn's functions and Python's callbacks */
     vgic_read_cb on_mrs;
     vgic_write_cb on_msr;
     vgic_write_cb on_sys;
     vgic_reg_fn reg_read;
     vgic_reg_fn reg_write;
     vgic_stop_fn emu_stop;
-    int32_t reg_pc, reg_pstate;
-    uint32_t wake_mask;   /* PSTATE.{I,F} bits masking a pending interrupt (0: none pending) */
-    uint32_t stop_now;    /* set by the host: end the run at the next block */
-    uint32_t check_every; /* blocks between two looks at the clock */
-    uint32_t countdown;
-    uint32_t stop_reason;
-    uint32_t pad;
-    int64_t deadline_ns; /* CLOCK_MONOTONIC time at which the run ends */
-    uint64_t blocks;
     vgic_vmem_fn vmem_read;
-    uint32_t yield_on_wait; /* end the run after a block that ends in WFE/YIELD */
-    uint32_t waiting;       /* the block now running ends in one: stop at the next */
-    uint64_t hint_key[HINT_CACHE]; /* address + size (0: empty) */
-    uint8_t hint_wait[HINT_CACHE];
     vgic_translate_fn vmem_translate;
     vgic_mem_write_fn mem_write;
-    uint32_t ram_count; /* DC ZVA inside these physical ranges is done here */
-    uint32_t pad3;
+    /* tables */
+    uint64_t code_cache[CODE_CACHE]; /* virtual page | generation << 52 of code already marked */
+    uint64_t hint_key[HINT_CACHE];   /* address + size (0: empty) */
+    uint8_t hint_wait[HINT_CACHE];
     uint64_t ram_base[RAM_REGIONS];
     uint64_t ram_size[RAM_REGIONS];
     uint8_t *code_map[RAM_REGIONS]; /* a bit per 4 KB page: code ran from it */
-    uint64_t code_cache[CODE_CACHE]; /* virtual page + 1 of code already marked */
-    uint32_t code_gen[CODE_CACHE];   /* ... valid while equal to code_generation */
-    uint32_t code_generation;        /* bumped when any mapping may have changed */
-    uint32_t pad4;
+    uint8_t owned[3][8192]; /* a bit per encoding op0:op1:CRn:CRm:op2, per instruction kind */
 };
+
+/* The layout Python mirrors (vgic/ucnative.py checks it before using the helper). */
+size_t vgic_cpu_size(void) { return sizeof(struct vgic_cpu); }
+size_t vgic_cpu_offset_of_owned(void) { return offsetof(struct vgic_cpu, owned); }
+size_t vgic_cpu_offset_of_mem_write(void) { return offsetof(struct vgic_cpu, mem_write); }
 
 static int ram_page(const struct vgic_cpu *c, uint64_t pa, uint32_t *region, uint64_t *page)
 {
@@ -115,24 +122,37 @@ static void mark_code(void *uc, struct vgic_cpu *c, uint64_t va)
 
 /* Record the physical pages of the code this CPU runs, so that DC ZVA knows where it
  * must let Unicorn drop translations. Conservative: a page once marked stays marked;
- * the cache by virtual page is cleared on everything that may change a mapping (TTBRn,
- * TCR or SCTLR writes, any TLBI). */
+ * the cache by virtual page is invalidated on everything that may change a mapping
+ * (TTBRn, TCR or SCTLR writes, any TLBI; by VA for TLBI by VA). */
+static void note_page(void *uc, struct vgic_cpu *c, uint64_t va)
+{
+    uint64_t vpage = va >> 12;
+    uint64_t key = vpage | c->code_generation << 52;
+    unsigned slot = (unsigned)(vpage % CODE_CACHE);
+    if (c->code_cache[slot] == key)
+        return;
+    c->code_cache[slot] = key;
+    mark_code(uc, c, va);
+}
+
 static void note_code(void *uc, struct vgic_cpu *c, uint64_t address, uint32_t size)
 {
-    uint64_t vpage = address >> 12;
-    unsigned slot = (unsigned)(vpage % CODE_CACHE);
-    if (c->code_cache[slot] == vpage + 1 && c->code_gen[slot] == c->code_generation)
-        return;
-    c->code_cache[slot] = vpage + 1;
-    c->code_gen[slot] = c->code_generation;
-    mark_code(uc, c, address);
-    if (size && ((address & 0xFFF) + size) > 0x1000)
-        mark_code(uc, c, address + size - 1); /* a block that runs into the next page */
+    if (address >> 12 != c->last_vpage) { /* most blocks follow one on the same page */
+        note_page(uc, c, address);
+        c->last_vpage = address >> 12;
+    }
+    if (size && (address & 0xFFF) + size > 0x1000)
+        note_page(uc, c, address + size - 1); /* a block that runs into the next page */
 }
 
 static void forget_mappings(struct vgic_cpu *c)
 {
-    c->code_generation++;
+    c->last_vpage = ~(uint64_t)0;
+    if (++c->code_generation == 4096) { /* out of generations: start again, cache empty */
+        c->code_generation = 1;
+        for (unsigned i = 0; i < CODE_CACHE; i++)
+            c->code_cache[i] = 0;
+    }
 }
 
 /* TLBI by VA (VAE1, VALE1, VAAE1, VAALE1 and their IS forms: op2 odd) names one page:
@@ -147,8 +167,10 @@ static void forget_mapping_of(struct vgic_cpu *c, uint32_t enc, uint64_t xt)
     if (vpage >> 43 & 1)
         vpage |= 0xFFull << 44;
     unsigned slot = (unsigned)(vpage % CODE_CACHE);
-    if (c->code_cache[slot] == vpage + 1)
+    if (c->code_cache[slot] == (vpage | c->code_generation << 52))
         c->code_cache[slot] = 0;
+    if (c->last_vpage == vpage)
+        c->last_vpage = ~(uint64_t)0;
 }
 
 /* DC ZVA (Arm ARM C5.3.19): zero the 64-byte block holding VA Xt, when it translates for
@@ -237,6 +259,8 @@ uint32_t vgic_sys_hook(void *uc, int reg, const vgic_cp_reg *cp, void *user)
             c->reg_read(uc, reg, &xt);
         forget_mapping_of(c, enc, xt);
     }
+    if (enc == DC_ZVA && !c->ram_count)
+        c->zva_count++;
     if (enc == DC_ZVA && c->ram_count) {
         if (!reg || c->reg_read(uc, reg, &value) != 0 || !zva(uc, c, value))
             return 0;

@@ -40,39 +40,38 @@ class CpuBlock(ctypes.Structure):
     """``struct vgic_cpu``: the helper's per-engine state, shared with Python."""
 
     _fields_ = (
-        ("owned", (ctypes.c_uint8 * 8192) * 3),
+        ("waiting", ctypes.c_uint32),
+        ("yield_on_wait", ctypes.c_uint32),
+        ("stop_now", ctypes.c_uint32),
+        ("wake_mask", ctypes.c_uint32),
+        ("countdown", ctypes.c_uint32),
+        ("check_every", ctypes.c_uint32),
+        ("stop_reason", ctypes.c_uint32),
+        ("ram_count", ctypes.c_uint32),
+        ("zva_count", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+        ("code_generation", ctypes.c_uint64),
+        ("last_vpage", ctypes.c_uint64),
+        ("blocks", ctypes.c_uint64),
+        ("deadline_ns", ctypes.c_int64),
+        ("reg_pc", ctypes.c_int32),
+        ("reg_pstate", ctypes.c_int32),
         ("on_mrs", READ_CB),
         ("on_msr", WRITE_CB),
         ("on_sys", WRITE_CB),
         ("reg_read", ctypes.c_void_p),
         ("reg_write", ctypes.c_void_p),
         ("emu_stop", ctypes.c_void_p),
-        ("reg_pc", ctypes.c_int32),
-        ("reg_pstate", ctypes.c_int32),
-        ("wake_mask", ctypes.c_uint32),
-        ("stop_now", ctypes.c_uint32),
-        ("check_every", ctypes.c_uint32),
-        ("countdown", ctypes.c_uint32),
-        ("stop_reason", ctypes.c_uint32),
-        ("pad", ctypes.c_uint32),
-        ("deadline_ns", ctypes.c_int64),
-        ("blocks", ctypes.c_uint64),
         ("vmem_read", ctypes.c_void_p),
-        ("yield_on_wait", ctypes.c_uint32),
-        ("waiting", ctypes.c_uint32),
-        ("hint_key", ctypes.c_uint64 * HINT_CACHE),
-        ("hint_wait", ctypes.c_uint8 * HINT_CACHE),
         ("vmem_translate", ctypes.c_void_p),
         ("mem_write", ctypes.c_void_p),
-        ("ram_count", ctypes.c_uint32),
-        ("pad3", ctypes.c_uint32),
+        ("code_cache", ctypes.c_uint64 * CODE_CACHE),
+        ("hint_key", ctypes.c_uint64 * HINT_CACHE),
+        ("hint_wait", ctypes.c_uint8 * HINT_CACHE),
         ("ram_base", ctypes.c_uint64 * RAM_REGIONS),
         ("ram_size", ctypes.c_uint64 * RAM_REGIONS),
         ("code_map", ctypes.c_void_p * RAM_REGIONS),
-        ("code_cache", ctypes.c_uint64 * CODE_CACHE),
-        ("code_gen", ctypes.c_uint32 * CODE_CACHE),
-        ("code_generation", ctypes.c_uint32),
-        ("pad4", ctypes.c_uint32),
+        ("owned", (ctypes.c_uint8 * 8192) * 3),
     )
 
 
@@ -136,8 +135,15 @@ def load() -> ctypes.CDLL | None:
         target = _cache_dir() / f"ucnative-{key}.so"
         if not target.exists() and not _build(source, target):
             return None
-        _lib = ctypes.CDLL(str(target))
-    except OSError:
+        lib = ctypes.CDLL(str(target))
+        for fn in (lib.vgic_cpu_size, lib.vgic_cpu_offset_of_owned, lib.vgic_cpu_offset_of_mem_write):
+            fn.restype = ctypes.c_size_t
+        if (lib.vgic_cpu_size(), lib.vgic_cpu_offset_of_owned(), lib.vgic_cpu_offset_of_mem_write()) != (
+            ctypes.sizeof(CpuBlock), CpuBlock.owned.offset, CpuBlock.mem_write.offset,
+        ):  # fmt: skip
+            return None  # the C and Python layouts disagree: never share the structure
+        _lib = lib
+    except (OSError, AttributeError):
         return None
     return _lib
 

@@ -307,6 +307,8 @@ class Sysregs:
         block.mem_write = ctypes.cast(uclib.uc_mem_write, ctypes.c_void_p)
         block.reg_pc, block.reg_pstate = PC, PSTATE
         block.check_every = block.countdown = 1024
+        block.code_generation = 1
+        block.last_vpage = 2**64 - 1
         block.deadline_ns = 2**63 - 1
         user = ctypes.byref(block)
         for insn, fn in ((A.UC_ARM64_INS_MRS, lib.vgic_mrs_hook), (A.UC_ARM64_INS_MSR, lib.vgic_msr_hook),
@@ -317,8 +319,10 @@ class Sysregs:
 
     def zero_blocks_in(self, ram: list[tuple[int, int]]) -> bool:
         """Let the native helper perform DC ZVA into these (base, size) RAM ranges itself
-        where no code ran (see vgic/ucnative.c; it needs the block hook, which records
-        the pages code runs from); False without the helper: Unicorn does them all."""
+        where no code ran (see vgic/ucnative.c); False without the helper: Unicorn does
+        them all. The helper learns where code runs from the block hook, which must be
+        installed, and from now on only: call this with no translated code (at start, or
+        right after a translation flush)."""
         if self.block is None:
             return False
         if not self._watching:
@@ -338,8 +342,13 @@ class Sysregs:
     def mappings_changed(self) -> None:
         """The caller changed translation state (TTBRn, TCR, SCTLR, a TLBI) behind the
         hooks' back: the helper's cache of code pages by virtual address is dropped."""
-        if self.block is not None:
-            self.block.code_generation = (self.block.code_generation + 1) & 0xFFFF_FFFF
+        block = self.block
+        if block is not None:
+            block.last_vpage = 2**64 - 1
+            block.code_generation += 1
+            if block.code_generation == 4096:  # as forget_mappings in the helper
+                block.code_generation = 1
+                ctypes.memset(ctypes.addressof(block.code_cache), 0, ctypes.sizeof(block.code_cache))
 
     def watch_blocks(self) -> ucnative.CpuBlock:
         """Install the native block hook (slice deadline, stop on unmask, stop on request)."""

@@ -100,6 +100,7 @@ MASKED_SLICE = 256  # counted mode: the slice while an interrupt waits behind PS
 TLBI_QUEUE = 64  # broadcast TLBIs kept for a CPU before they become one whole flush
 CODE_QUEUE = 64  # IC IVAU lines kept for a CPU before they become one whole flush of translations
 ICACHE_LINE = 64  # CTR_EL0.IminLine of the Cortex-A57: 16 words
+ZVA_FAST_AFTER = 4096  # DC ZVAs (256 KB zeroed) before the helper takes them over
 
 # TLBI <op>IS at EL1 (op0=1, op1=0, CRn=8, CRm=3): VMALLE1IS, VAE1IS, ASIDE1IS, VAAE1IS,
 # VALE1IS, VAALE1IS. The other CPUs replay the local form (CRm=7, same op2).
@@ -236,8 +237,6 @@ class Cpu:
         )
         self.exception_info = ExceptionInfo(uc)
         self.ctl: ucnative.CpuBlock | None = None if deterministic else sysregs.watch_blocks()
-        if self.ctl is not None:  # DC ZVA in C needs the block hook's record of code pages
-            sysregs.zero_blocks_in([(r.base, r.size) for r in host.memory.regions])
 
     # == registers ======================================================================
     def reg(self, r: int) -> int:
@@ -403,6 +402,13 @@ class Cpu:
         if not self._wake():
             return
         host = self.host
+        if ctl.zva_count >= ZVA_FAST_AFTER and not ctl.ram_count:
+            # A guest that zeroes memory with DC ZVA (Linux zeroes every page it hands
+            # out): from now on the helper does it, and records the pages code runs from,
+            # which costs about 1 ns per block. It must know every page with translated
+            # code, so translations start afresh.
+            self.uc.ctl_flush_tb()
+            self.sysregs.zero_blocks_in([(r.base, r.size) for r in host.memory.regions])
         ctl.deadline_ns = deadline_ns
         ctl.stop_now = ctl.waiting = 0  # requests that came after the last run ended are stale
         ctl.yield_on_wait = 1 if others_runnable else 0
