@@ -277,10 +277,8 @@ uint32_t vgic_sys_hook(void *uc, int reg, const vgic_cp_reg *cp, void *user)
     return 1;
 }
 
-void vgic_block_hook(void *uc, uint64_t address, uint32_t size, void *user)
+static void __attribute__((noinline)) block_slow(void *uc, struct vgic_cpu *c, uint64_t address, uint32_t size)
 {
-    struct vgic_cpu *c = user;
-    c->blocks++;
     if (c->waiting) { /* the block before ended in WFE/YIELD */
         c->waiting = 0;
         c->stop_reason = VGIC_STOP_WAITING;
@@ -291,8 +289,6 @@ void vgic_block_hook(void *uc, uint64_t address, uint32_t size, void *user)
         c->waiting = 1;
     if (c->ram_count)
         note_code(uc, c, address, size);
-    if (!(c->stop_now | c->wake_mask) && --c->countdown)
-        return; /* the usual case: nothing asked, not yet time to look at the clock */
     if (c->stop_now) {
         c->stop_now = 0;
         c->stop_reason = VGIC_STOP_REQUESTED;
@@ -308,7 +304,7 @@ void vgic_block_hook(void *uc, uint64_t address, uint32_t size, void *user)
             return;
         }
     }
-    if (c->countdown == 0 || --c->countdown == 0) {
+    if (c->countdown <= 1) {
         struct timespec ts;
         c->countdown = c->check_every;
         clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -316,5 +312,21 @@ void vgic_block_hook(void *uc, uint64_t address, uint32_t size, void *user)
             c->stop_reason = VGIC_STOP_DEADLINE;
             c->emu_stop(uc);
         }
+    } else {
+        c->countdown--;
     }
+}
+
+void vgic_block_hook(void *uc, uint64_t address, uint32_t size, void *user)
+{
+    struct vgic_cpu *c = user;
+    c->blocks++;
+    /* The usual case stays here, with no call: nothing asked, not the clock's turn, and
+     * (when code pages are recorded) a block on the page already recorded. */
+    if (!(c->waiting | c->yield_on_wait | c->stop_now | c->wake_mask) && c->countdown > 1 &&
+        (!c->ram_count || (address >> 12 == c->last_vpage && (address & 0xFFF) + size <= 0x1000))) {
+        c->countdown--;
+        return;
+    }
+    block_slow(uc, c, address, size);
 }
