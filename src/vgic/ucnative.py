@@ -11,7 +11,8 @@ Unicorn functions it calls are handed over as pointers from the loaded binding.
 ``VGIC_NATIVE=0`` is set; callers then use their pure-Python paths, so ``pip install
 vgic`` works without a compiler. Measured here (bench/run.py and docs/machine.md): an
 MRS of a register vgic does not own costs about 8 ns through the filter against 1.8 us
-through a Python hook; the block hook costs about 1.6 ns per block.
+through a Python hook; the block hook costs about 2 ns per block, nearly all of it
+Unicorn's call of it.
 """
 
 from __future__ import annotations
