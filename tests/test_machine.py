@@ -880,9 +880,31 @@ def test_external_abort_with_the_mmu_on_marks_far_not_valid() -> None:
 
 
 @needs_cross
+def test_oversized_txsz_is_a_translation_fault() -> None:
+    """TCR_EL1.T1SZ = 63 (a 1-bit upper VA range): an access to an upper address is a
+    translation fault reported to the guest (any level: the architecture lets an
+    out-of-range TxSZ behave as the nearest valid one or fault at level 0), with FAR exact."""
+    remap = """
+    ldr x1, =25 | (1 << 8) | (1 << 10) | (3 << 12) | (63 << 16)
+    msr tcr_el1, x1                 // EPD1 = 0: TTBR1 walks enabled, T1SZ out of range
+    ldr x1, =0x40402000             // TTBR1: a table of invalid entries
+    msr ttbr1_el1, x1
+    isb
+    ldr x3, =0xfffffffffffff008
+    ldr x2, [x3]
+"""
+    g = Guest(_mmu_guest(4096, remap))
+    g.off()
+    esr = g.x(20)
+    assert _ec(esr) == 0x25 and esr & 0x3C == 0x04  # data abort, translation fault
+    assert g.x(23) == 0xFFFF_FFFF_FFFF_F008
+
+
+@needs_cross
 def test_oversized_t0sz_faults_without_touching_the_host() -> None:
-    """TCR_EL1.T0SZ = 63 (a 1-bit VA space) with the MMU on: every fetch is a translation
-    fault; with the vectors unreachable too the machine reports an exception loop."""
+    """TCR_EL1.T0SZ = 63 with the MMU on and the code in the lower range: every fetch is a
+    translation fault; with the vectors unreachable too the machine reports an exception
+    loop, and nothing raises on the host."""
     g = Guest(
         """
 main:
