@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vgic import snapshot
+from vgic import snapshot, ucnative
 from vgic.machine.virt import ExitStatus, MachineConfig, VirtMachine
 
 OUT = Path(__file__).resolve().parent.parent / "guests" / "out"
@@ -44,6 +44,7 @@ def test_guest_continues_identically_after_restore(name: str, smp: int, marker: 
     assert out2.rstrip().endswith(b"PASS")
 
 
+@pytest.mark.skipif(not ucnative.available(), reason="the timed mode needs the native helper")
 def test_timed_machine_restores_and_finishes() -> None:
     """The default (timed) mode: a snapshot taken mid-run restores and runs to PASS, and
     the counter goes on from the saved count."""
