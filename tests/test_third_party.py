@@ -148,8 +148,9 @@ def initrd(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _boot_vgic(initrd: Path, report: Path) -> tuple[int, str, str]:
-    cmd = vgic_command(initrd, APPEND, SMP, timeout=VGIC_TIMEOUT, extra=["--report-to", str(report), "--decode"])
+def _boot_vgic(initrd: Path, report: Path, *options: str) -> tuple[int, str, str]:
+    cmd = vgic_command(initrd, APPEND, SMP, timeout=VGIC_TIMEOUT,
+                       extra=["--report-to", str(report), "--decode", *options])  # fmt: skip
     p = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, timeout=VGIC_TIMEOUT + 60, env=vgic_env())
     return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
 
@@ -160,9 +161,24 @@ def _boot_qemu(initrd: Path, trace: Path) -> tuple[int, str]:
     return p.returncode, p.stdout.decode(errors="replace")
 
 
-def test_linux_boots_busybox_and_powers_off_like_on_qemu(initrd: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def qemu_boot(initrd: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, list[str]], str] | None:
+    """QEMU's key lines and ITS trace, once for both vgic modes."""
+    if QEMU is None:
+        return None
+    trace = tmp_path_factory.mktemp("qemu") / "qemu-its.log"
+    qstatus, qout = _boot_qemu(initrd, trace)
+    assert qstatus == 0, f"QEMU exited {qstatus}:\n{qout[-3000:]}"
+    return key_lines(qout), trace.read_text()
+
+
+@pytest.mark.parametrize("mode", [[], ["--deterministic"]], ids=["timed", "counted"])
+def test_linux_boots_busybox_and_powers_off_like_on_qemu(
+    mode: list[str], initrd: Path, tmp_path: Path, qemu_boot: tuple[dict[str, list[str]], str] | None
+) -> None:
+    """In both CPU engine modes (docs/machine.md)."""
     report = tmp_path / "report.txt"
-    status, out, err = _boot_vgic(initrd, report)
+    status, out, err = _boot_vgic(initrd, report, *mode)
     assert status == 0, f"vgic run exited {status}:\n{err[-3000:]}\n--- console (last 60 lines):\n" + "\n".join(
         out.splitlines()[-60:]
     )
@@ -173,14 +189,11 @@ def test_linux_boots_busybox_and_powers_off_like_on_qemu(initrd: Path, tmp_path:
     assert gic_questions(report.read_text()) == [], report.read_text()
     our_commands = vgic_its_commands(err)
     assert our_commands, f"no ITS command queue in --decode:\n{err[-2000:]}"
-    if QEMU is None:
+    if qemu_boot is None:
         return
-    trace = tmp_path / "qemu-its.log"
-    qstatus, qout = _boot_qemu(initrd, trace)
-    assert qstatus == 0, f"QEMU exited {qstatus}:\n{qout[-3000:]}"
-    theirs = key_lines(qout)
+    theirs, trace = qemu_boot
     for pattern in KEY_LINES:
         assert ours[pattern] == theirs[pattern], f"{pattern}\n  vgic: {ours[pattern]}\n  QEMU: {theirs[pattern]}"
-    their_commands = qemu_its_commands(trace.read_text())
+    their_commands = qemu_its_commands(trace)
     assert their_commands, "QEMU's trace has no ITS command (is -trace supported?)"
     assert its_command_differences(their_commands, our_commands) == []

@@ -109,9 +109,10 @@ def qemu_version_line() -> str | None:
     return line
 
 
-def test_uboot_prompt_version_poweroff(qemu_version_line: str | None) -> None:
+@pytest.mark.parametrize("mode", [[], ["--deterministic"]], ids=["timed", "counted"])
+def test_uboot_prompt_version_poweroff(mode: list[str], qemu_version_line: str | None) -> None:
     line, status, err = _session(
-        [sys.executable, "-m", "vgic.cli", "run", "--bios", str(UBOOT), "--timeout", "120"], boot_timeout=60
+        [sys.executable, "-m", "vgic.cli", "run", "--bios", str(UBOOT), "--timeout", "120", *mode], boot_timeout=60
     )
     assert status == 0, f"vgic run exited {status}:\n{err}"
     assert re.match(r"U-Boot \d{4}\.\d{2}", line), line

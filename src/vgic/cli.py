@@ -112,6 +112,7 @@ def _build(args: argparse.Namespace) -> Any:
         bootargs=args.append or "",
         profile=args.profile,
         its_errors=None if args.its_errors is None else ErrorPolicy(args.its_errors),
+        deterministic=args.deterministic,
     )
     bios = _read(args.bios, "firmware")
     machine = VirtMachine(config, bios=bios)
@@ -383,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
                           "presents), kvm, gic-600, or strict (stall on every error; docs/choices.md)")  # fmt: skip
     run.add_argument("--its-errors", choices=("stall", "continue"),
                      help="override the profile's ITS error policy: stall or skip every command error")  # fmt: skip
+    run.add_argument("--deterministic", action="store_true",
+                     help="CPUs take turns in counted slices of instructions: a reproducible interleaving, "
+                          "guest code several times slower (docs/machine.md)")  # fmt: skip
     run.add_argument("--snapshot-on", nargs=2, metavar=("PAUSE", "FILE"),
                      help="at PAUSE ('input': the guest waits for serial input; else a text the guest "
                           "prints) write a snapshot to FILE and stop")  # fmt: skip

@@ -38,11 +38,12 @@ class MemoryFault(Exception):
 
 @dataclass
 class Region:
-    """One contiguous RAM region, backed by an anonymous mapping."""
+    """One contiguous RAM region, backed by an anonymous mapping (or a buffer the
+    embedder owns)."""
 
     base: int
     size: int
-    buf: mmap.mmap = field(repr=False)
+    buf: mmap.mmap | bytearray = field(repr=False)
 
     @property
     def end(self) -> int:
@@ -64,14 +65,22 @@ class GuestMemory:
         self._last: Region | None = None
 
     # -- layout ----------------------------------------------------------------------
-    def add_ram(self, base: int, size: int) -> Region:
-        """Add a RAM region of ``size`` bytes at guest physical ``base`` (page aligned)."""
+    def add_ram(self, base: int, size: int, buffer: mmap.mmap | bytearray | None = None) -> Region:
+        """Add a RAM region of ``size`` bytes at guest physical ``base`` (page aligned).
+
+        ``buffer`` (writable, at least ``size`` bytes) is memory the caller already owns,
+        for instance what it maps into its own CPU engine: the GIC then reads and writes
+        the very bytes the guest sees. By default a fresh anonymous mapping backs it."""
         if base < 0 or size <= 0 or base % mmap.PAGESIZE or size % mmap.PAGESIZE:
             raise ValueError("RAM base and size must be positive multiples of the page size")
+        if buffer is not None and len(buffer) < size:
+            raise ValueError(f"the buffer holds {len(buffer)} bytes, fewer than {size}")
         for r in self._regions:
             if base < r.end and r.base < base + size:
                 raise ValueError(f"RAM at {base:#x} overlaps the region at {r.base:#x}")
-        region = Region(base, size, mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS))
+        if buffer is None:
+            buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        region = Region(base, size, buffer)
         self._regions.append(region)
         self._regions.sort(key=lambda r: r.base)
         self._bases = [r.base for r in self._regions]
@@ -98,7 +107,7 @@ class GuestMemory:
         self._last = r
         return r
 
-    def _locate(self, address: int, size: int, write: bool) -> tuple[mmap.mmap, int]:
+    def _locate(self, address: int, size: int, write: bool) -> tuple[mmap.mmap | bytearray, int]:
         r = self._find(address, size)
         if r is None:
             raise MemoryFault(address, size, write)
@@ -148,7 +157,7 @@ class GuestMemory:
     # -- bulk access -----------------------------------------------------------------
     def read_bytes(self, address: int, size: int) -> bytes:
         buf, off = self._locate(address, size, False)
-        return buf[off : off + size]
+        return bytes(buf[off : off + size])
 
     def write_bytes(self, address: int, data: bytes | bytearray | memoryview) -> None:
         buf, off = self._locate(address, len(data), True)

@@ -113,6 +113,8 @@ class MachineStateConfig:
     psci_conduit: str
     slice: int
     flash: bool
+    deterministic: bool = True  # counted slices (a snapshot of the timed mode goes on timed)
+    time_slice_us: int = 2_000
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -123,6 +125,8 @@ class MachineStateConfig:
             "psci_conduit": self.psci_conduit,
             "slice": self.slice,
             "flash": self.flash,
+            "deterministic": self.deterministic,
+            "time_slice_us": self.time_slice_us,
         }
 
     @classmethod
@@ -131,7 +135,8 @@ class MachineStateConfig:
         :data:`MAX_SMP` CPUs and a GIC with as many, a PSCI conduit, a slice of at least
         one instruction (Unicorn takes a count of 0 as no bound at all)."""
         m = mapping(d)
-        only(m, ("memory", "smp", "gic", "bootargs", "psci_conduit", "slice", "flash"))
+        only(m, ("memory", "smp", "gic", "bootargs", "psci_conduit", "slice", "flash", "deterministic",
+                 "time_slice_us"))  # fmt: skip
         smp = bounded(req(m, "smp"), 1, MAX_SMP + 1, "smp")
         with at("gic"):
             gic = GicConfig.from_dict(req(m, "gic"), max_cpus=MAX_SMP)
@@ -148,6 +153,8 @@ class MachineStateConfig:
             psci_conduit=conduit,
             slice=bounded(req(m, "slice"), 1, MAX_SLICE, "slice"),
             flash=boolean(req(m, "flash"), "flash"),
+            deterministic=boolean(m.get("deterministic", True), "deterministic"),
+            time_slice_us=bounded(m.get("time_slice_us", 2_000), 1, 1_000_001, "time_slice_us"),
         )
 
 

@@ -1,10 +1,13 @@
 """The Arm generic timer of one CPU: counter and the EL1 physical and virtual timers.
 
-The machine answers the CNT* system registers from here (Arm ARM D11), so the count comes
-from one clock the machine chooses (host time at CNTFRQ by default, as QEMU does), and the
-timer outputs drive the GIC's PPIs: the virtual timer is PPI 27 and the EL1 physical
-timer PPI 30 on QEMU's virt machine. An output is asserted while ENABLE=1, IMASK=0 and
-the count has reached CVAL; ISTATUS shows the condition whatever IMASK says.
+The machine answers the EL1 timer registers (CNTP_*, CNTV_*) and CNTPCT_EL0 from here
+(Arm ARM D11), with the count of one clock the machine chooses (host time at CNTFRQ, as
+QEMU does), and the timer outputs drive the GIC's PPIs: the virtual timer is PPI 27 and
+the EL1 physical timer PPI 30 on QEMU's virt machine. An output is asserted while
+ENABLE=1, IMASK=0 and the count has reached CVAL; ISTATUS shows the condition whatever
+IMASK says. Between register writes nothing changes but the count, so the model keeps
+the count at which an output next rises (:attr:`GenericTimer.deadline`) and the machine
+looks at a timer only once that count is reached (:meth:`GenericTimer.poll`).
 """
 
 from __future__ import annotations
@@ -89,6 +92,8 @@ class GenericTimer:
         self.phys = _Timer()
         self.virt = _Timer()
         self._levels = {PHYS_TIMER_PPI: False, VIRTUAL_TIMER_PPI: False}
+        self.deadline: int | None = None  # the count at which an output will rise, if any
+        self.on_deadline: Callable[[], None] = lambda: None  # told when ``deadline`` changes
 
     def save_state(self) -> GenericTimerState:
         return GenericTimerState(self.phys.ctl, self.phys.cval, self.virt.ctl, self.virt.cval)
@@ -97,6 +102,7 @@ class GenericTimer:
         self.phys = _Timer(state.phys_ctl, state.phys_cval)
         self.virt = _Timer(state.virt_ctl, state.virt_cval)
         self._levels = {PHYS_TIMER_PPI: False, VIRTUAL_TIMER_PPI: False}
+        self.update()
 
     def _timer(self, crm: int) -> _Timer:
         return self.phys if crm == 2 else self.virt
@@ -128,16 +134,27 @@ class GenericTimer:
             t.cval = value & 0xFFFF_FFFF_FFFF_FFFF
         self.update()
 
-    def update(self) -> None:
-        """Drive the PPI lines from the current count."""
-        now = self.clock()
+    def update(self, now: int | None = None) -> None:
+        """Drive the PPI lines from the count (``now``, else the clock's)."""
+        if now is None:
+            now = self.clock()
+        deadline = None
         for intid, t in ((PHYS_TIMER_PPI, self.phys), (VIRTUAL_TIMER_PPI, self.virt)):
             level = t.level(now)
             if level != self._levels[intid]:
                 self._levels[intid] = level
                 self.set_ppi(intid, level)
+            if not level and t.ctl & CTL_ENABLE and not t.ctl & CTL_IMASK and (deadline is None or t.cval < deadline):
+                deadline = t.cval
+        if deadline != self.deadline:
+            self.deadline = deadline
+            self.on_deadline()
+
+    def poll(self, now: int) -> None:
+        """:meth:`update` if the deadline has been reached: the only change time makes."""
+        if self.deadline is not None and now >= self.deadline:
+            self.update(now)
 
     def next_deadline(self) -> int | None:
         """The earliest count at which an output will rise, if any."""
-        due = [t.cval for t in (self.phys, self.virt) if t.ctl & CTL_ENABLE and not t.ctl & CTL_IMASK]
-        return min(due) if due else None
+        return self.deadline

@@ -1,11 +1,14 @@
 """The virt machine: QEMU's ``-M virt,gic-version=3,its=on`` memory map on Unicorn CPUs.
 
 :class:`VirtMachine` owns guest RAM, the GIC (distributor, redistributors, ITS), the
-PL011, PSCI, the generic timers and the CPUs, and runs the CPUs round-robin in fixed
-instruction slices, which is deterministic for a given image and input (time, read from
-the host clock as QEMU does, is the one outside input). A CPU in WFI sleeps until one of
-its interrupt lines rises; when every CPU sleeps the machine waits for the next timer
-deadline or serial input.
+PL011, PSCI, the generic timers and the CPUs, and runs the CPUs round-robin, one engine
+at a time (docs/machine.md, "CPU engine"): by default each CPU runs for a slice of host
+time (``MachineConfig.time_slice_us``) or until it waits, and yields early when another
+CPU's interrupt is raised; with ``MachineConfig.deterministic`` each runs a fixed number
+of instructions (``MachineConfig.slice``), which makes the interleaving reproducible for
+a given image and input (time, read from the host clock as QEMU does, is then the one
+outside input). A CPU in WFI sleeps until one of its interrupt lines rises; when every
+CPU sleeps the machine waits for the next timer deadline or serial input.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from vgic import ucnative
 from vgic.events import EventLog, Kind
 from vgic.gic import Gic, GicConfig
 from vgic.its.config import ErrorPolicy
 from vgic.machine import fdt, pci, psci
-from vgic.machine.cpu import Cpu, CpuState, GuestCrash
+from vgic.machine.cpu import Cpu, CpuState, GuestCrash, MmioRegion
 from vgic.machine.loader import ImageError, load_image
 from vgic.machine.pl011 import PL011_SIZE, Pl011
 from vgic.machine.state import MachineState, MachineStateConfig
@@ -35,7 +39,10 @@ RAM_BASE = 0x4000_0000
 FLASH_BASE = 0x0  # two 64 MiB flash banks, as QEMU's virt: firmware, then variables
 FLASH_SIZE = 0x0400_0000
 RTC_BASE, FW_CFG_BASE = 0x0901_0000, 0x0902_0000
-DEFAULT_SLICE = 20_000
+DEFAULT_SLICE = 20_000  # instructions per slice in the deterministic mode
+DEFAULT_TIME_SLICE_US = 2_000  # host microseconds per slice in the default (timed) mode
+NS_PER_TICK = 1_000_000_000 // CNTFRQ  # 16 ns: Unicorn's counter runs at CNTFRQ = 62.5 MHz
+INPUT_POLL_NS = 2_000_000
 GIC_WORK_PER_ROUND = 64  # units of deferred GIC work (vgic.gic.Gic.work) between rounds
 
 
@@ -53,6 +60,10 @@ class ExitStatus(enum.IntEnum):
 
 @dataclass
 class MachineConfig:
+    """What ``vgic run``'s options set. ``deterministic`` picks the CPU engine's mode
+    (docs/machine.md): False runs each CPU for up to ``time_slice_us`` of host time,
+    True for exactly ``slice`` instructions (reproducible, several times slower)."""
+
     memory: int = 512 << 20
     smp: int = 1
     profile: str = DEFAULT_PROFILE  # vgic.profiles: the GIC's IMPLEMENTATION DEFINED choices
@@ -60,6 +71,8 @@ class MachineConfig:
     bootargs: str = ""
     psci_conduit: str = "hvc"
     slice: int = DEFAULT_SLICE
+    deterministic: bool = False  # counted slices of ``slice`` instructions: reproducible interleaving
+    time_slice_us: int = DEFAULT_TIME_SLICE_US
 
 
 @dataclass
@@ -67,7 +80,7 @@ class RunResult:
     status: ExitStatus
     reason: str
     seconds: float = 0.0
-    instructions: int = 0
+    instructions: int = 0  # the instruction budgets handed out (deterministic mode only)
 
 
 class _Stop(Exception):
@@ -119,8 +132,8 @@ class VirtMachine:
         self._out = output or _stdout
         self.uart = Pl011(self.log, self._tx, lambda level: self.gic.set_spi(32 + fdt.PL011_SPI, level))
         self.psci_conduit = cfg.psci_conduit
-        self._t0 = time.monotonic_ns()
-        self.mmio: list[tuple[int, int, Callable[[int, int], int], Callable[[int, int, int], None]]] = [
+        self._counter_offset = time.monotonic_ns() // NS_PER_TICK  # the count starts at 0
+        self.mmio: list[MmioRegion] = [
             *self.gic.regions,
             (fdt.PL011_BASE, PL011_SIZE, self.uart.read, self.uart.write),
             (RTC_BASE, 0x1000, _raz, _wi),
@@ -132,15 +145,24 @@ class VirtMachine:
         self.pci = pci.host(self.memory, self.log, self.gic)
         self.mmio.extend(self.pci.regions)  # ECAM and the windows
         self.pollers.append(self.pci.poll)
-        self.cpus = [Cpu(self, i) for i in range(cfg.smp)]
+        # The timed mode needs the native block hook; without a C compiler the machine
+        # runs in counted slices instead (docs/machine.md).
+        self.deterministic = cfg.deterministic or not ucnative.available()
+        if self.deterministic and not cfg.deterministic:
+            self.log.record(Kind.DIAGNOSTIC, "machine", "no native helper (C compiler): CPUs run in counted slices")
         self._stop: _Stop | None = None
+        self.current_cpu: int | None = None  # the CPU running now (for traces)
+        self.cpus = [Cpu(self, i, self.deterministic) for i in range(cfg.smp)]
+        self._timer_due: int | None = None  # the earliest timer deadline of any CPU (a count)
+        for cpu in self.cpus:
+            cpu.set_counter_offset(self._counter_offset)
+            cpu.timer.on_deadline = self._timer_deadlines_changed
         self.exceptions = 0
         self.last_exception: str = ""
         self.input: BinaryIO | None = None
         self._input_open = False
         self.dtb_address = 0
-        self.pause_when: Callable[[], bool] | None = None  # checked between scheduling rounds
-        self.current_cpu: int | None = None  # the CPU running now (for traces)
+        self.pause_when: Callable[[], bool] | None = None  # checked between scheduling slices
         self._pause_marker: bytes | None = None
         self.pause_requested = False  # a CPU stops at its next device access and the run pauses
         self._output_tail = b""
@@ -149,7 +171,8 @@ class VirtMachine:
     def save_state(self) -> MachineState:
         cfg = self.config
         config = MachineStateConfig(cfg.memory, cfg.smp, self.gic.config, cfg.bootargs, cfg.psci_conduit, cfg.slice,
-                                    any(r.base == FLASH_BASE for r in self.memory.regions))  # fmt: skip
+                                    any(r.base == FLASH_BASE for r in self.memory.regions), cfg.deterministic,
+                                    cfg.time_slice_us)  # fmt: skip
         return MachineState(config, self.clock(), self.dtb_address, self.gic.save_state(), self.uart.save_state(),
                             tuple(c.save_state() for c in self.cpus))  # fmt: skip
 
@@ -165,24 +188,39 @@ class VirtMachine:
         """An empty machine configured as the one a snapshot was taken of."""
         c = state.config
         config = MachineConfig(memory=c.memory, smp=c.smp, profile=c.gic.profile, bootargs=c.bootargs,
-                               psci_conduit=c.psci_conduit, slice=c.slice)  # fmt: skip
+                               psci_conduit=c.psci_conduit, slice=c.slice, deterministic=c.deterministic,
+                               time_slice_us=c.time_slice_us)  # fmt: skip
         return cls(config, output=output, log=log, bios=b"" if c.flash else None, gic=c.gic)
 
     def load_state(self, state: MachineState) -> None:
         if len(state.cpus) != len(self.cpus):
             raise ValueError("the snapshot has a different number of CPUs")
-        self._t0 = time.monotonic_ns() - state.counter * 1_000_000_000 // CNTFRQ
+        self._counter_offset = time.monotonic_ns() // NS_PER_TICK - state.counter
+        for cpu in self.cpus:
+            cpu.set_counter_offset(self._counter_offset)
         self.dtb_address = state.dtb_address
         self.uart.load_state(state.uart)
         for cpu, s in zip(self.cpus, state.cpus, strict=True):
             cpu.load_state(s)
         self.gic.load_state(state.gic)
         self._stop = None
+        self._timer_deadlines_changed()
 
     # == host services for devices ==================================================
     def clock(self) -> int:
-        """The system counter: host time at CNTFRQ (62.5 MHz), as QEMU does."""
-        return (time.monotonic_ns() - self._t0) * CNTFRQ // 1_000_000_000
+        """The system counter: host time at CNTFRQ (62.5 MHz), as QEMU does. The CPUs'
+        CNTVCT_EL0 is Unicorn's count of the same clock less CNTVOFF_EL2 = the offset."""
+        return time.monotonic_ns() // NS_PER_TICK - self._counter_offset
+
+    def _timer_deadlines_changed(self) -> None:
+        due = [c.timer.deadline for c in self.cpus if c.timer.deadline is not None]
+        self._timer_due = min(due) if due else None
+
+    def _poll_timers(self, count: int) -> None:
+        """Raise the timer outputs whose deadline has come (nothing to do before that)."""
+        if self._timer_due is not None and count >= self._timer_due:
+            for c in self.cpus:
+                c.timer.poll(count)
 
     def _tx(self, byte: int) -> None:
         self._output_tail = (self._output_tail + bytes([byte]))[-256:]
@@ -265,6 +303,8 @@ class VirtMachine:
 
     def cpu_on(self, cpu: int, entry: int, context: int) -> None:
         self.cpus[cpu].power_on(entry, context)
+        if self.current_cpu is not None:
+            self.cpus[self.current_cpu].others_can_run()
 
     def cpu_off(self, cpu: int) -> None:
         self.cpus[cpu].state = CpuState.OFF
@@ -278,15 +318,39 @@ class VirtMachine:
     def system_reset(self) -> None:
         self._stop = _Stop(ExitStatus.RESET, "PSCI SYSTEM_RESET")
 
-    # == diagnostics hooks ==========================================================
-    def note_exception(self, cpu: Cpu, kind: int, elr: int, esr: int | None) -> None:
+    # == the CPUs' host (vgic.machine.cpu.CpuHost) =================================
+    @property
+    def halted(self) -> bool:
+        return self._stop is not None
+
+    def note_exception(self, cpu: int, kind: int, elr: int, esr: int | None) -> None:
         self.exceptions += 1
         if esr is not None:
-            self.last_exception = f"CPU{cpu.index} synchronous exception ESR={esr:#x} ELR={elr:#x}"
+            self.last_exception = f"CPU{cpu} synchronous exception ESR={esr:#x} ELR={elr:#x}"
 
-    def note_abort(self, cpu: Cpu, address: int, access: int) -> None:
-        self.log.record(Kind.DIAGNOSTIC, f"cpu{cpu.index}", f"abort on access to {address:#x} at PC {cpu.pc:#x}",
-                        cpu=cpu.index)  # fmt: skip
+    def note_abort(self, cpu: int, address: int, pc: int) -> None:
+        self.log.record(Kind.DIAGNOSTIC, f"cpu{cpu}", f"abort on access to {address:#x} at PC {pc:#x}", cpu=cpu)
+
+    def broadcast_tlbi(self, source: int, op2: int, value: int) -> None:
+        """TLBI <op>IS reaches every CPU of the Inner Shareable domain (Arm ARM D8.13)."""
+        for c in self.cpus:
+            if c.index != source:
+                c.queue_tlbi(op2, value)
+
+    def broadcast_code_change(self, source: int, address: int | None) -> None:
+        """IC IVAU (one line) / IC IALLU[IS] (None): every CPU may hold translations of
+        the old instructions (Arm ARM D7.5.9: IC IVAU is broadcast to the Inner Shareable
+        domain)."""
+        for c in self.cpus:
+            if c.index != source:
+                c.invalidate_code(address)
+
+    def interrupt_raised(self, target: int) -> None:
+        """A CPU's interrupt line rose while another runs: end that run soon, so the
+        target (perhaps asleep in WFI) takes it without waiting out a whole slice."""
+        if self.current_cpu is not None and self.current_cpu != target:
+            self.cpus[self.current_cpu].others_can_run()
+            self.cpus[self.current_cpu].yield_now()
 
     # == the run loop ===================================================================
     def attach_input(self, stream: BinaryIO | None) -> None:
@@ -315,16 +379,59 @@ class VirtMachine:
         start = time.monotonic()
         self._stop = None
         try:
-            self._loop(start, timeout)
+            if self.deterministic:
+                self._loop_counted(start, timeout)
+            else:
+                self._loop_timed(start, timeout)
         except _Stop as stop:
             self._stop = stop
         except GuestCrash as crash:
             self._stop = _Stop(ExitStatus.CRASH, str(crash))
+        finally:
+            self.current_cpu = None
         assert self._stop is not None
         return RunResult(self._stop.status, self._stop.reason, time.monotonic() - start,
                          sum(c.instructions for c in self.cpus))  # fmt: skip
 
-    def _loop(self, start: float, timeout: float | None) -> None:
+    def _check_pause(self) -> None:
+        if self.pause_when is not None and self.pause_when() and not any(c.busy for c in self.cpus):
+            self.pause_when = None
+            self._pause_marker = None
+            self.pause_requested = False
+            raise _Stop(ExitStatus.PAUSED, "paused")
+
+    def _loop_timed(self, start: float, timeout: float | None) -> None:
+        """Round-robin in slices of host time; per slice only what the slice changed."""
+        slice_ns = self.config.time_slice_us * 1000
+        next_poll = 0
+        while self._stop is None:
+            ran = False
+            now = time.monotonic_ns()
+            for cpu in self.cpus:
+                now = time.monotonic_ns()
+                self._poll_timers(now // NS_PER_TICK - self._counter_offset)
+                if not cpu.runnable:
+                    continue
+                deadline = now + slice_ns
+                if self._timer_due is not None:  # any CPU's timer: its interrupt is taken promptly
+                    deadline = min(deadline, (self._timer_due + self._counter_offset) * NS_PER_TICK)
+                self.current_cpu = cpu.index
+                cpu.run_until(deadline, any(c.runnable for c in self.cpus if c is not cpu))
+                self.current_cpu = None
+                ran = True
+                if self._stop is not None:
+                    return
+                self._check_pause()
+            if now >= next_poll:
+                self._poll_input()
+                next_poll = now + INPUT_POLL_NS
+            if timeout is not None and time.monotonic() - start > timeout:
+                raise _Stop(ExitStatus.TIMEOUT, f"timeout after {timeout:g} s")
+            if not ran:
+                self._idle(start, timeout)
+
+    def _loop_counted(self, start: float, timeout: float | None) -> None:
+        """Round-robin in slices of ``MachineConfig.slice`` instructions (reproducible)."""
         budget = self.config.slice
         rounds = 0
         while self._stop is None:
@@ -332,7 +439,7 @@ class VirtMachine:
             for cpu in self.cpus:
                 if cpu.state is CpuState.OFF:
                     continue
-                cpu.timer.update()
+                self._poll_timers(self.clock())
                 before = cpu.state
                 self.current_cpu = cpu.index
                 cpu.run(budget)
@@ -340,11 +447,7 @@ class VirtMachine:
                 ran = ran or before is CpuState.RUNNING or cpu.state is CpuState.RUNNING
                 if self._stop is not None:
                     return
-                if self.pause_when is not None and self.pause_when() and not any(c.busy for c in self.cpus):
-                    self.pause_when = None
-                    self._pause_marker = None
-                    self.pause_requested = False
-                    raise _Stop(ExitStatus.PAUSED, "paused")
+                self._check_pause()
             rounds += 1
             for poll in self.pollers:
                 ran = poll() or ran
@@ -362,7 +465,10 @@ class VirtMachine:
         """Every CPU is off or in WFI: wait for a timer deadline or serial input."""
         if all(c.state is CpuState.OFF for c in self.cpus):
             raise _Stop(ExitStatus.HANG, "every CPU is off (no SYSTEM_OFF)")
-        deadlines = [d for c in self.cpus if c.state is not CpuState.OFF and (d := c.timer.next_deadline()) is not None]
+        self._poll_timers(self.clock())
+        if any(c.runnable for c in self.cpus):
+            return
+        deadlines = [d for c in self.cpus if c.state is not CpuState.OFF and (d := c.timer.deadline) is not None]
         if not deadlines and not self._input_open:
             raise _Stop(ExitStatus.HANG, "every CPU waits for an interrupt that nothing can raise")
         wait = 0.01
