@@ -140,6 +140,12 @@ def test_non_utf8_text_is_status_2(tmp_path: Path, off: Path, option: tuple[str]
     one_line(vgic("run", *args, off), 2, "is not UTF-8 text (byte 0xff)")
 
 
+def test_a_non_utf8_snapshot_file_name_is_fine(tmp_path: Path, off: Path) -> None:
+    name = os.fsdecode(bytes(tmp_path) + b"/snap-\xff.vgic")
+    p = vgic("run", "--snapshot-on", "never printed", name, off)
+    assert p.returncode == 0 and p.stderr == "", p.stderr  # SYSTEM_OFF before the pause
+
+
 # -- decode, asm, inspect ------------------------------------------------------------------------
 
 

@@ -332,6 +332,11 @@ def _check_run(args: argparse.Namespace) -> None:
         raise UsageError("give an IMAGE to run (or -kernel IMAGE), --bios FIRMWARE, or --restore SNAPSHOT")
     if args.snapshot_on and args.migrate_on:
         raise UsageError("--snapshot-on stops at its pause, --migrate-on goes on: give one")
+    if args.snapshot_on:
+        try:
+            text_arg(args.snapshot_on[0])
+        except argparse.ArgumentTypeError as e:
+            raise UsageError(f"--snapshot-on PAUSE: {e}") from None
     outputs = [(args.trace, "--trace"), (args.report_to, "--report-to"), (args.dumpdtb, "--dumpdtb")]
     if args.snapshot_on:
         outputs.append((args.snapshot_on[1], "--snapshot-on"))
@@ -425,10 +430,14 @@ def _plug_disks(machine: Any, disks: list[tuple[str, str, bool]]) -> None:
 def _run(args: argparse.Namespace) -> int:
     try:
         _check_run(args)
+        _need_machine()
         trace_file = None if args.trace is None else open(args.trace, "w", encoding="utf-8")  # noqa: SIM115
     except UsageError as e:
         print(f"vgic run: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except Failure as e:
+        print(f"vgic: {e}", file=sys.stderr)
+        return EXIT_ERROR
     except OSError as e:
         print(f"vgic run: error: --trace {args.trace}: {e.strerror}", file=sys.stderr)
         return EXIT_USAGE
@@ -447,7 +456,6 @@ def _run_machine(args: argparse.Namespace, trace_file: Any) -> int:
     from vgic.machine.loader import ImageError
 
     try:
-        _need_machine()
         machine = _build(args)
     except UsageError as e:
         print(f"vgic run: error: {e}", file=sys.stderr)
@@ -742,7 +750,7 @@ def _parser() -> argparse.ArgumentParser:
                           "presents), kvm, gic-600, or strict (stall on every error; docs/choices.md)")  # fmt: skip
     run.add_argument("--its-errors", choices=("stall", "continue"),
                      help="override the profile's ITS error policy: stall or skip every command error")  # fmt: skip
-    run.add_argument("--snapshot-on", nargs=2, type=text_arg, metavar=("PAUSE", "FILE"),
+    run.add_argument("--snapshot-on", nargs=2, metavar=("PAUSE", "FILE"),
                      help="at PAUSE ('input': the guest waits for serial input; else a text the guest "
                           "prints) write a snapshot to FILE and stop")  # fmt: skip
     run.add_argument("--restore", metavar="FILE", help="continue from a snapshot instead of booting")
