@@ -388,3 +388,11 @@ def test_text_trace_and_report_cover_the_whole_run(tmp_path: Path) -> None:
                         guest("its_migrate")], input=b"x", capture_output=True, timeout=120)  # fmt: skip
     assert q.returncode == 0, q.stderr
     assert text == plain.read_text()
+
+
+def test_a_snapshot_on_a_full_disk_is_one_line_and_status_1() -> None:
+    image = guest("its_migrate")
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    p = vgic("run", "--smp", "2", "--timeout", "60", "--snapshot-on", "input", "/dev/full", image)
+    one_line(p, 1, "vgic: cannot write the snapshot /dev/full: No space left on device")

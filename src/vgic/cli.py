@@ -524,10 +524,11 @@ def _run_machine(args: argparse.Namespace, trace_file: Any) -> int:
                 try:
                     snapshot.save_machine(machine, args.snapshot_on[1])
                 except (OSError, snapshot.SnapshotError) as e:
+                    lost.append("snapshot")
                     print(f"\nvgic: cannot write the snapshot {args.snapshot_on[1]}: "
                           f"{getattr(e, 'strerror', None) or e}", file=sys.stderr)  # fmt: skip
-                    return EXIT_ERROR
-                print(f"\nvgic: snapshot written to {args.snapshot_on[1]}", file=sys.stderr)
+                else:
+                    print(f"\nvgic: snapshot written to {args.snapshot_on[1]}", file=sys.stderr)
                 break
             # migration: snapshot, tear down, restore into a new machine (same log), go on
             blob = snapshot.machine_to_bytes(machine)
@@ -537,6 +538,8 @@ def _run_machine(args: argparse.Namespace, trace_file: Any) -> int:
                 machine = snapshot.machine_from_bytes(blob, log=log)
             except (MemoryError, OSError, snapshot.SnapshotError) as e:
                 print(f"\nvgic: the migration failed: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
+                if tracer is not None:
+                    tracer.close()
                 return EXIT_ERROR
             log.record(Kind.STATE, "machine", f"migrated: {len(blob)} bytes of state restored into a new machine")
             print(f"\nvgic: migrated ({len(blob)} bytes of state)", file=sys.stderr)
