@@ -1,6 +1,8 @@
 # vgic: `make demo` runs the built-in demo, `make test` runs every check.
-# Both install what they need on a fresh Debian machine: Python packages into .venv,
-# and (when root and missing) the Debian packages the guests and differential tests use.
+# Both install what they need on a fresh Debian machine: Python packages into .venv
+# (extras: dev = lint/test/build tools, machine = Unicorn and pylibfdt for `vgic run`,
+# guests = ziglang, the guests' compiler where aarch64-linux-gnu-gcc is missing), and (when
+# root and missing) the Debian packages the guests and differential tests use.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -14,7 +16,7 @@ all: test
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,machine]'
+	$(PY) -m pip install -q -e '.[dev,machine,guests]'
 	touch $(STAMP)
 
 deps: $(STAMP)

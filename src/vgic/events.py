@@ -5,12 +5,19 @@ rust-vmm's vm-superio devices report through their events trait). Tests and tool
 :attr:`EventLog.events`; a VMM can :meth:`EventLog.subscribe` to act on them (stop on the
 first error, print a trace). The log is a bounded ring: host memory does not grow with
 the number of interrupts a guest raises. Counters per kind are never dropped.
+
+Listeners run inside the model (an ITS calls :meth:`EventLog.record` holding its lock, in
+the middle of a command), so a listener that raises is never allowed to break it: the log
+detaches the listener, keeps the failure in :attr:`EventLog.listener_failures`, and reports
+it once through :attr:`EventLog.on_listener_failure` (by default one line on stderr).
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import itertools
+import sys
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -78,6 +85,11 @@ class Event:
 Listener = Callable[[Event], None]
 
 
+def _report_listener_failure(listener: Listener, error: Exception) -> None:
+    name = getattr(listener, "__qualname__", None) or type(listener).__name__
+    print(f"vgic: event listener {name} failed and was detached: {type(error).__name__}: {error}", file=sys.stderr)
+
+
 @dataclass
 class EventLog:
     """A bounded log of :class:`Event` records with per-kind counters.
@@ -90,7 +102,13 @@ class EventLog:
     keep: frozenset[Kind] = frozenset(Kind)
     events: deque[Event] = field(init=False)
     counts: Counter[Kind] = field(init=False, default_factory=Counter)
-    _listeners: list[Listener] = field(init=False, default_factory=list)
+    # listeners that raised, with what they raised; they no longer listen
+    listener_failures: list[tuple[Listener, Exception]] = field(init=False, default_factory=list)
+    on_listener_failure: Callable[[Listener, Exception], None] = field(
+        init=False, default_factory=lambda: _report_listener_failure
+    )
+    # a tuple, replaced (not mutated) on (un)subscribe: a listener may unsubscribe while called
+    _listeners: tuple[Listener, ...] = field(init=False, default=())
     _seq: Iterator[int] = field(init=False, default_factory=itertools.count)
 
     def __post_init__(self) -> None:
@@ -116,14 +134,27 @@ class EventLog:
         if kind in self.keep:
             self.events.append(ev)
         for listener in self._listeners:
-            listener(ev)
+            try:
+                listener(ev)
+            except Exception as e:  # never into the model: detach, report once
+                self._detach(listener, e)
         return ev
 
     def subscribe(self, listener: Listener) -> None:
-        self._listeners.append(listener)
+        self._listeners = (*self._listeners, listener)
 
     def unsubscribe(self, listener: Listener) -> None:
-        self._listeners.remove(listener)
+        """Stop calling ``listener`` (ValueError if it does not listen)."""
+        listeners = list(self._listeners)
+        listeners.remove(listener)
+        self._listeners = tuple(listeners)
+
+    def _detach(self, listener: Listener, error: Exception) -> None:
+        if listener in self._listeners:
+            self.unsubscribe(listener)
+        self.listener_failures.append((listener, error))
+        with contextlib.suppress(Exception):  # nor a failing report (stderr closed)
+            self.on_listener_failure(listener, error)
 
     def of(self, *kinds: Kind) -> list[Event]:
         """The stored events of the given kinds, oldest first."""

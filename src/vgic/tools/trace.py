@@ -5,10 +5,16 @@ chrome://tracing) with one track per CPU and per ITS, an interrupt's time from
 acknowledge to EOI drawn as a slice; or plain text (any other name), one event a line,
 for grep. The tracer listens to the :class:`~vgic.events.EventLog`; the machine tells it
 which CPU was running (``current_cpu``) when a model event has no CPU of its own.
+
+A tracer that cannot write (disk full) stops: it detaches from the log, keeps the error in
+:attr:`Tracer.error`, calls ``on_error`` once, and never raises into the model. One tracer
+can follow one log across a migration (the restored machine built with the same log), so
+the file stays one trace.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -21,20 +27,39 @@ _ITS_TID = 1000
 
 class Tracer:
     def __init__(self, log: EventLog, out: IO[str], fmt: str = "json",
-                 current_cpu: Callable[[], int | None] = lambda: None, num_cpus: int = 1) -> None:  # fmt: skip
+                 current_cpu: Callable[[], int | None] = lambda: None, num_cpus: int = 1,
+                 on_error: Callable[[OSError], None] | None = None) -> None:  # fmt: skip
         self.out = out
         self.fmt = fmt
         self.current_cpu = current_cpu
+        self.on_error = on_error
+        self.error: OSError | None = None  # the write that failed; the tracer has stopped
+        self.closed = False
         self.t0 = time.perf_counter_ns()
         self.count = 0
         self._first = True
         self._log = log
-        if fmt == "json":
-            out.write("[\n")
-            self._emit({"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "vgic"}})
-            for cpu in range(num_cpus):
-                self._emit({"ph": "M", "name": "thread_name", "pid": 1, "tid": cpu, "args": {"name": f"CPU{cpu}"}})
+        try:
+            if fmt == "json":
+                out.write("[\n")
+                self._emit({"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "vgic"}})
+                for cpu in range(num_cpus):
+                    self._emit({"ph": "M", "name": "thread_name", "pid": 1, "tid": cpu, "args": {"name": f"CPU{cpu}"}})
+        except OSError as e:
+            self._fail(e)
+            return
         log.subscribe(self.on_event)
+
+    def _fail(self, error: OSError) -> None:
+        """Stop tracing after a failed write, and say so once."""
+        if self.error is not None:
+            return
+        self.error = error
+        self.closed = True
+        with contextlib.suppress(ValueError):  # not subscribed yet (the header failed), or closed
+            self._log.unsubscribe(self.on_event)
+        if self.on_error is not None:
+            self.on_error(error)
 
     def _emit(self, record: dict[str, Any]) -> None:
         if not self._first:
@@ -43,6 +68,12 @@ class Tracer:
         self.out.write(json.dumps(record, separators=(",", ":")))
 
     def on_event(self, ev: Event) -> None:
+        try:
+            self._trace(ev)
+        except OSError as e:
+            self._fail(e)
+
+    def _trace(self, ev: Event) -> None:
         ts = (time.perf_counter_ns() - self.t0) / 1000.0
         running = self.current_cpu()
         cpu = ev.cpu if ev.cpu is not None else running
@@ -71,10 +102,17 @@ class Tracer:
                         "args": args})  # fmt: skip
 
     def close(self) -> None:
+        """Finish the trace (the JSON array's end) and flush; the file stays open."""
+        if self.closed:
+            return
+        self.closed = True
         self._log.unsubscribe(self.on_event)
-        if self.fmt == "json":
-            for its in range(8):
-                self._emit({"ph": "M", "name": "thread_name", "pid": 1, "tid": _ITS_TID + its,
-                            "args": {"name": f"ITS{its}"}})  # fmt: skip
-            self.out.write("\n]\n")
-        self.out.flush()
+        try:
+            if self.fmt == "json":
+                for its in range(8):
+                    self._emit({"ph": "M", "name": "thread_name", "pid": 1, "tid": _ITS_TID + its,
+                                "args": {"name": f"ITS{its}"}})  # fmt: skip
+                self.out.write("\n]\n")
+            self.out.flush()
+        except OSError as e:
+            self._fail(e)

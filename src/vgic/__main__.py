@@ -1,0 +1,5 @@
+"""``python -m vgic``: the ``vgic`` command line."""
+
+from vgic.cli import main
+
+raise SystemExit(main())
