@@ -602,7 +602,7 @@ def live_queue(gic: Any, its_index: int = 0, whole: bool = False) -> str:
         data = gic.memory.read_bytes(base, size)
     except MemoryFault:
         return f"the command queue of ITS {its_index} at {base:#x} is outside guest RAM"
-    creadr, cwriter = its.read_CREADR(0), its.read_CWRITER(0)
+    creadr, cwriter = its.creadr, its.cwriter  # properties: a register read would run queued commands
     pointers = {creadr & ~1: "GITS_CREADR" + (" (stalled here)" if creadr & 1 else "")}
     pointers[cwriter] = pointers.get(cwriter, "") + (", " if cwriter in pointers else "") + "GITS_CWRITER"
     marks = {}
@@ -804,7 +804,8 @@ def _parser() -> argparse.ArgumentParser:
 
     ins = sub.add_parser("inspect", help="print the ITS tables and LPI state of a snapshot")
     ins.add_argument("snapshot")
-    ins.add_argument("--limit", type=count, default=1 << 20, help="most table entries scanned per table")
+    ins.add_argument("--limit", type=count, default=1 << 16,
+                     help="most table entries the report looks at, over every table (default 65536)")  # fmt: skip
     return parser
 
 

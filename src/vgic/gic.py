@@ -35,7 +35,7 @@ from vgic.its.registers import ITS_FRAME_SIZE
 from vgic.its.state import ItsState
 from vgic.memory import GuestMemory
 
-# QEMU virt (platform-notes.md)
+# QEMU virt's memory map (-M virt,gic-version=3,its=on)
 VIRT_GICD_BASE = 0x0800_0000
 VIRT_ITS_BASE = 0x0808_0000
 VIRT_GICR_BASE = 0x080A_0000

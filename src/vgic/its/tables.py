@@ -71,11 +71,11 @@ def entry_address(mem: GuestMemory, geo: TableGeometry, ident: int) -> int:
     return l2 + (ident % per_page) * geo.entry_size
 
 
-def iter_entries(mem: GuestMemory, geo: TableGeometry, limit: int) -> tuple[list[tuple[int, int]], bool]:
+def iter_entries(mem: GuestMemory, geo: TableGeometry, limit: int) -> tuple[list[tuple[int, int]], int, bool]:
     """(ID, first 8 bytes of the entry) of every entry of a table that is not all zero,
-    for tools, and whether the walk stopped at ``limit``: the number of level-1 entries
-    and table entries it may look at, so a guest-made table of any size costs at most
-    that much. Unreadable pages are skipped."""
+    for tools; how many level-1 and table entries the walk looked at; and whether it
+    stopped at ``limit`` of them, so a guest-made table of any size costs at most that
+    much. Unreadable pages are skipped."""
     out: list[tuple[int, int]] = []
     per_page = geo.page_size // geo.entry_size
     seen = 0
@@ -84,7 +84,7 @@ def iter_entries(mem: GuestMemory, geo: TableGeometry, limit: int) -> tuple[list
         for i in range(geo.bytes // L1_ENTRY_SIZE):
             seen += 1
             if seen > limit:
-                return out, True
+                return out, limit, True
             try:
                 l1 = mem.read64(geo.base + i * L1_ENTRY_SIZE)
             except MemoryFault:
@@ -95,8 +95,8 @@ def iter_entries(mem: GuestMemory, geo: TableGeometry, limit: int) -> tuple[list
         pages = [(p * per_page, geo.base + p * geo.page_size) for p in range(geo.pages)]
     width = min(geo.entry_size, 8)
     for first, addr in pages:
-        if seen >= limit:
-            return out, True
+        if seen + per_page > limit:
+            return out, seen, True
         try:
             data = mem.read_bytes(addr, geo.page_size)
         except MemoryFault:
@@ -108,7 +108,7 @@ def iter_entries(mem: GuestMemory, geo: TableGeometry, limit: int) -> tuple[list
             raw = int.from_bytes(data[k * geo.entry_size : k * geo.entry_size + width], "little")
             if raw:
                 out.append((first + k, raw))
-    return out, False
+    return out, seen, False
 
 
 # -- entries ------------------------------------------------------------------------

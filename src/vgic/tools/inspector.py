@@ -3,8 +3,10 @@
 Reads the tables from guest memory through each ITS's GITS_BASER<n> (flat or two-level),
 the ITTs of the mapped devices, the collections, and each redistributor's LPI
 configuration and pending state, and prints them as readable tables. Works on a live
-:class:`~vgic.gic.Gic` and on one restored from a snapshot. Table scans are capped
-(``limit`` entries per table) so a huge guest-programmed table cannot stall the tool.
+:class:`~vgic.gic.Gic` and on one restored from a snapshot. Every scan draws on one
+budget of ``limit`` table entries for the whole report (level-1 entries, DTEs, ITEs, CTEs
+looked at), so however large the tables a guest programmed, the tool's work is bounded,
+and the report says where it stopped.
 """
 
 from __future__ import annotations
@@ -33,14 +35,31 @@ def _lpi(gic: Gic, cpu: int | None, intid: int) -> str:
     return f"prio {cfg & 0xFC:#04x} {state} {pend}".rstrip()
 
 
-def its_report(gic: Gic, its: Its, limit: int = 1 << 20) -> list[str]:
+DEFAULT_LIMIT = 1 << 16  # table entries one report may look at
+
+
+class Budget:
+    """Table entries a report may still look at."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.left = limit
+        self.stopped = False
+
+    def spend(self, n: int) -> None:
+        self.left = max(0, self.left - n)
+
+
+def its_report(gic: Gic, its: Its, budget: Budget | int = DEFAULT_LIMIT) -> list[str]:
+    if isinstance(budget, int):
+        budget = Budget(budget)
     mem = gic.memory
     lines = [f"== ITS {its.index}"]
-    creadr = its.read_CREADR(0)
+    creadr = its.creadr  # not a register read: that would run queued commands
     lines.append(
         f"GITS_CTLR={its.read_CTLR(0):#x} ({'enabled' if its.enabled else 'disabled'})  "
         f"CBASER={its.regs.get('CBASER'):#x}  CREADR={creadr & ~1:#x}{' STALLED' if creadr & 1 else ''}  "
-        f"CWRITER={its.read_CWRITER(0):#x}"
+        f"CWRITER={its.cwriter:#x}"
     )
     for n in range(8):
         v = its.regs.get("BASER", n)
@@ -55,7 +74,11 @@ def its_report(gic: Gic, its: Its, limit: int = 1 << 20) -> list[str]:
     for icid, rdbase in sorted(its.hcc_collections.items()):
         collections[icid] = rdbase
     if ct is not None:
-        entries, capped = iter_entries(mem, ct, limit)
+        entries, scanned, capped = iter_entries(mem, ct, budget.left)
+        budget.spend(scanned)
+        if capped:
+            budget.stopped = True
+            lines.append(f"(collection table scan stopped: the report's cap of {budget.limit} entries)")
         for i, raw in entries:
             found = its.layout.decode_cte(raw)
             if found is not None:
@@ -72,9 +95,11 @@ def its_report(gic: Gic, its: Its, limit: int = 1 << 20) -> list[str]:
     if dt is None:
         lines.append("(no valid device table)")
         return lines
-    devices, capped = iter_entries(mem, dt, limit)
+    devices, scanned, capped = iter_entries(mem, dt, budget.left)
+    budget.spend(scanned)
     if capped:
-        lines.append(f"(device table scan stopped after {limit} entries)")
+        budget.stopped = True
+        lines.append(f"(device table scan stopped: the report's cap of {budget.limit} entries)")
     for dev_id, raw in devices:
         dte = DeviceEntry.decode(raw)
         if dte is None:
@@ -83,7 +108,12 @@ def its_report(gic: Gic, its: Its, limit: int = 1 << 20) -> list[str]:
         stale = "" if cached is None or cached == dte else "  !! host cache differs from memory"
         lines.append(f"DeviceID {dev_id:#x}: ITT {dte.itt_addr:#x}, {dte.events} events{stale}")
         ite_size = its.layout.ite_size
-        n = min(dte.events, limit)
+        n = min(dte.events, budget.left)
+        budget.spend(n)
+        if n < dte.events:
+            budget.stopped = True
+            lines.append(f"   (ITT scan stopped after {n} of {dte.events} events: the report's cap of "
+                         f"{budget.limit} entries)")  # fmt: skip
         try:
             data = mem.read_bytes(dte.itt_addr, n * ite_size)
         except MemoryFault:
@@ -102,7 +132,7 @@ def its_report(gic: Gic, its: Its, limit: int = 1 << 20) -> list[str]:
     return lines
 
 
-def report(gic: Gic, limit: int = 1 << 20) -> str:
+def report(gic: Gic, limit: int = DEFAULT_LIMIT) -> str:
     """Everything: every ITS, then every redistributor's LPI state."""
     its_cfg = gic.config.its[0] if gic.config.its else None
     policies = (
@@ -111,8 +141,9 @@ def report(gic: Gic, limit: int = 1 << 20) -> str:
         else ""
     )
     lines: list[str] = [f"profile: {gic.config.profile}{policies}"]
+    budget = Budget(limit)
     for its in gic.its:
-        lines += its_report(gic, its, limit)
+        lines += its_report(gic, its, budget)
     lines.append("== redistributors")
     for rd in gic.redistributors:
         prop = rd.regs.get("PROPBASER")
