@@ -238,3 +238,33 @@ def test_inspect_stops_at_its_cap_whatever_the_tables_hold() -> None:
     assert "the report's cap of 3000 entries" in text
     assert text.count("EventID") <= limit
     assert text.splitlines()[0].startswith("profile: ")
+
+
+# == --timeout holds against a guest doing the most expensive accesses it can ================
+
+GUESTS = __import__("pathlib").Path(__file__).resolve().parent.parent / "guests" / "out"
+
+
+@pytest.mark.parametrize("mode", [[], ["--deterministic"]], ids=["timed", "counted"])
+@pytest.mark.parametrize(("guest", "line"), [("hostile_invall", "flooding the queue"),
+                                             ("hostile_toggle", "toggling EnableLPIs")])  # fmt: skip
+def test_timeout_holds_against_a_hostile_guest(guest: str, line: str, mode: list[str]) -> None:
+    """57,344 LPIs pending, then a queue of INVALL/MOVALL and GICR_INVALLR forever, or
+    EnableLPIs toggled forever: `vgic run --timeout 3` still ends at 3 s (exit status 5),
+    because no access costs more than a bounded amount of host work. The slack covers
+    start-up and the machine's other load; before the bound it ran 25 to 52 s."""
+    import subprocess
+    import sys
+    import time
+
+    elf = GUESTS / f"{guest}.elf"
+    if not elf.exists():
+        pytest.skip("guests not built")
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "vgic.cli", "run", *mode, "--timeout", "3", str(elf)],
+                       capture_output=True, stdin=subprocess.DEVNULL, timeout=60)  # fmt: skip
+    elapsed = time.monotonic() - t0
+    assert p.returncode == 5, p.stderr.decode()[-2000:]
+    assert line.encode() in p.stdout, p.stdout.decode()[-2000:]
+    assert b"Traceback" not in p.stderr
+    assert elapsed < 3 + 6, f"--timeout 3 took {elapsed:.1f} s"

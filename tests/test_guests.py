@@ -24,6 +24,7 @@ from vgic.machine.virt import ExitStatus, MachineConfig, VirtMachine
 GUESTS_DIR = Path(__file__).resolve().parent.parent / "guests"
 OUT = GUESTS_DIR / "out"
 GUESTS = ["its_demo", "its_commands", "its_irq_smp", "its_mmu", "its_mmu_64k", "its_two_level", "its_compat", "its_skip",
+          "mmu_at_edges",
           "its_pending_seed", "its_errors", "timer_irq"]  # fmt: skip
 QEMU = shutil.which("qemu-system-aarch64")
 QEMU_TIMEOUT = 30
