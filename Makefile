@@ -57,6 +57,7 @@ bench: sysdeps deps guests third-party
 # A long fuzzing campaign (10 million operations by default) with a progress line:
 # atheris when it installs (the `fuzz` extra), the pure-Python mutator otherwise.
 # Violating inputs are kept in fuzz/crashes/ and tests/fuzz_regressions/.
+# FUZZ_ARGS="--target snapshot|cli|all --seconds N" fuzzes the files and command lines vgic reads.
 FUZZ_ARGS ?= --ops 10000000
 fuzz: deps
 	$(PY) -m pip install -q -e '.[fuzz]' || echo "atheris did not install: the Python mutator fuzzes instead"

@@ -10,6 +10,8 @@ default with atheris installed): worker 0 is atheris, the others the Python muta
 ops/s, inputs, corpus size and violations. Violating inputs land in fuzz/crashes/ and
 tests/fuzz_regressions/ (libFuzzer timeouts and crashes too). Exit status 1 if any
 violation was found. ``--make-seeds`` regenerates the small seed corpus in fuzz/corpus/.
+``--target snapshot|cli`` fuzzes the files and command lines vgic reads instead
+(fuzz/inputs.py); ``--target all`` shares the time between the three.
 """
 
 from __future__ import annotations
@@ -187,10 +189,24 @@ def main() -> int:
     ap.add_argument("--no-atheris", action="store_true", help="same as --engine inprocess")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--make-seeds", action="store_true")
+    ap.add_argument("--target", choices=("gic", "snapshot", "cli", "all"), default="gic",
+                    help="gic: guest operations on the models (default); snapshot: mutated snapshot files; "
+                         "cli: mutated command lines (fuzz/inputs.py); all: the three, time shared")  # fmt: skip
     args = ap.parse_args()
     if args.make_seeds:
         make_seeds()
         return 0
+    if args.target != "gic":
+        from inputs import campaign
+
+        targets = ("snapshot", "cli") if args.target == "all" else (args.target,)
+        share = args.seconds / (len(targets) + (args.target == "all"))
+        results = [campaign(t, share, None if args.target == "all" else args.ops, args.seed) for t in targets]
+        if args.target == "all":  # and the models, for the rest of the time
+            args.seconds = share
+            results.append(run_fallback(args) if args.workers <= 1 else run_atheris(args))
+        print(json.dumps(results))
+        return 1 if any(r["violations"] for r in results) else 0
     if args.worker:
         return run_worker(args)
     try:

@@ -7,6 +7,7 @@ stderr is one line (or says exactly what it should) and that no traceback escape
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -16,9 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-from vgic.gic import Gic, GicConfig
 
 from vgic import __version__, cli, snapshot
+from vgic.gic import Gic, GicConfig
 from vgic.machine.virt import MachineConfig, VirtMachine
 from vgic.memory import GuestMemory
 
@@ -184,6 +185,38 @@ def test_decode_and_inspect_refuse_what_is_not_a_snapshot(tmp_path: Path) -> Non
     one_line(vgic("decode", tmp_path), 1, "vgic: cannot read", "Is a directory")
     one_line(vgic("decode", "--offset", "x", tmp_path), 2, "argument --offset: 'x' is not an integer")
     one_line(vgic("decode"), 2, "vgic decode: error: give FILE or --snapshot")
+
+
+@pytest.mark.parametrize("args", [
+    ["decode", "/dev/zero"], ["asm", "/dev/zero"], ["run", "-initrd", "/dev/zero", "IMAGE"],
+    ["run", "-dtb", "/dev/zero", "IMAGE"], ["run", "-bios", "/dev/zero"], ["run", "/dev/zero"],
+    ["decode", "--snapshot", "/dev/zero"], ["inspect", "/dev/full"], ["run", "--restore", "/dev/zero"],
+])  # fmt: skip
+def test_endless_inputs_are_refused_not_read(off: Path, args: list[str]) -> None:
+    """A device that never ends is read up to the option's bound (the guest RAM for an image,
+    2 MiB for a device tree, 64 MiB for the flash) or, for a snapshot, not at all."""
+    if not Path("/dev/zero").exists():
+        pytest.skip("no /dev/zero")
+    argv = [str(off) if a == "IMAGE" else a for a in args]
+    if argv[0] == "run":
+        argv += ["--timeout", "5"]
+    p = vgic(*argv, timeout=60)
+    err = one_line(p, 1)
+    assert "larger than the" in err or "not a regular file" in err, err
+
+
+def test_paths_that_are_not_utf8_are_printed_escaped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file name that is not UTF-8 reaches Python with surrogates; streams as strict as a
+    UTF-8 terminal's stdout get it backslash-escaped, not a UnicodeEncodeError."""
+    raw = io.BytesIO()
+    strict = io.TextIOWrapper(raw, encoding="utf-8", errors="strict", write_through=True)
+    monkeypatch.setattr(sys, "stdout", strict)
+    monkeypatch.setattr(sys, "stderr", strict)
+    for argv in (["decode", f"{tmp_path}/\udcff.txt"], ["asm", f"{tmp_path}/\udcff.txt"],
+                 ["inspect", f"{tmp_path}/\udcff.vgic"]):  # fmt: skip
+        assert cli.main(argv) == 1
+    out = raw.getvalue().decode()
+    assert out.count("\\udcff") == 3 and "No such file or directory" in out, out
 
 
 @pytest.mark.parametrize("what", ["missing", "directory", "not UTF-8"])

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import io
 import math
 import os
 import re
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from vgic import __version__
+from vgic.files import read_bounded
 
 EXIT_ERROR = 1  # a bad image, snapshot or input file, a failed write, a missing extra
 EXIT_USAGE = 2  # bad options (argparse exits with 2 too)
@@ -32,6 +35,10 @@ EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 RAM_BASE = 0x4000_0000
 RAM_ALIGN = 64 << 10  # RAM sizes are rounded up to this (QEMU rounds to 8 KiB; hosts have up to 64 KiB pages)
 MAX_RAM = 255 << 30  # RAM at 0x4000_0000 must end below the PCIe ECAM at 0x40_1000_0000
+FLASH_SIZE = 64 << 20  # -bios: the virt machine's flash at 0
+DTB_LIMIT = 2 << 20  # -dtb: arm64 Linux maps at most 2 MiB of device tree (MAX_FDT_SIZE)
+QUEUE_FILE_LIMIT = 256 << 20  # decode FILE: a queue (GITS_CBASER.Size allows 1 MiB) or a memory dump
+ASM_LIMIT = 64 << 20  # asm INPUT: command text
 MACHINE_EXTRA = "pip install 'vgic[machine]'"
 
 EPILOG = """\
@@ -282,11 +289,11 @@ def nvme_disks(args: argparse.Namespace) -> list[tuple[str, str, bool]]:
     return disks
 
 
-def _read(path: str | None, what: str) -> bytes | None:
+def _read(path: str | None, what: str, limit: int) -> bytes | None:
     if path is None:
         return None
     try:
-        return Path(path).read_bytes()
+        return read_bounded(path, limit)
     except OSError as e:
         raise Failure(f"cannot read {what} {path}: {e.strerror}") from None
 
@@ -361,7 +368,7 @@ def _build(args: argparse.Namespace) -> Any:
         its_errors=None if args.its_errors is None else ErrorPolicy(args.its_errors),
         deterministic=args.deterministic,
     )
-    bios = _read(args.bios, "firmware")
+    bios = _read(args.bios, "firmware", FLASH_SIZE)
     try:
         machine = VirtMachine(config, bios=bios)
     except (MemoryError, OSError) as e:
@@ -370,11 +377,11 @@ def _build(args: argparse.Namespace) -> Any:
     _plug_disks(machine, nvme_disks(args))
     for spec in args.pci or []:
         machine.pci.plug(load_device(spec))
-    dtb = _read(args.dtb, "device tree")
+    dtb = _read(args.dtb, "device tree", DTB_LIMIT)
     if args.image is not None:
-        image = _read(args.image, "image")
+        image = _read(args.image, "image", config.memory)
         assert image is not None
-        machine.load(image, initrd=_read(args.initrd, "initrd"), dtb=dtb)
+        machine.load(image, initrd=_read(args.initrd, "initrd", config.memory), dtb=dtb)
     elif bios is not None:
         machine.boot_bios(dtb)
     return machine
@@ -660,7 +667,7 @@ def _decode(args: argparse.Namespace) -> int:
         print(text)
         return 3 if args.strict and "  !! " in text else 0
     try:
-        data = Path(args.file).read_bytes()[args.offset :]
+        data = read_bounded(args.file, QUEUE_FILE_LIMIT)[args.offset :]
     except OSError as e:
         print(f"vgic: cannot read {args.file}: {e.strerror}", file=sys.stderr)
         return EXIT_ERROR
@@ -686,7 +693,9 @@ def _asm(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     name = "stdin" if args.input == "-" else args.input
     try:
-        raw = sys.stdin.buffer.read() if args.input == "-" else Path(args.input).read_bytes()
+        raw = sys.stdin.buffer.read(ASM_LIMIT + 1) if args.input == "-" else read_bounded(args.input, ASM_LIMIT)
+        if len(raw) > ASM_LIMIT:
+            raise OSError(errno.EFBIG, f"larger than the {ASM_LIMIT:,} bytes vgic reads from it")
         text = raw.decode("utf-8")
     except OSError as e:
         print(f"vgic: cannot read {name}: {e.strerror}", file=sys.stderr)
@@ -809,7 +818,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _printable_streams() -> None:
+    """A path that is not UTF-8 (``$'\\xff.bin'``) reaches us with surrogates; messages that
+    name it are printed with a backslash escape rather than raise UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and stream.errors == "strict":
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _printable_streams()
     parser = _parser()
     args = parser.parse_args(argv)
     try:

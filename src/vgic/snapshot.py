@@ -26,6 +26,7 @@ import hashlib
 import io
 import itertools
 import json
+import os
 import re
 import struct
 import zipfile
@@ -51,6 +52,7 @@ from vgic.checks import (
     uint,
 )
 from vgic.events import EventLog
+from vgic.files import require_regular
 from vgic.gic import Gic, GicConfig, GicState
 from vgic.memory import GuestMemory
 
@@ -251,6 +253,11 @@ def _read(source: str | Path | IO[bytes], kind: str) -> _Archive:
     """Open, check the archive, the manifest, member sizes and checksums, parse the state
     and upgrade it to :data:`VERSION`."""
     try:
+        if isinstance(source, (str, os.PathLike)):
+            try:
+                require_regular(source)  # a device or a pipe cannot be seeked in: refused, never read
+            except OSError as e:
+                raise SnapshotError(f"cannot read snapshot {source}: {e.strerror or e}") from None
         with zipfile.ZipFile(source) as z:
             infos = z.infolist()
             names = [i.filename for i in infos]
