@@ -13,13 +13,20 @@ prompt, ``version``, ``poweroff`` (tests/test_uboot.py's session), each under vg
 default (timed) engine, its deterministic mode, and QEMU; Linux NVMe rows are Debian's
 kernel reading an NVMe disk with 4 KiB direct I/O on 4 CPUs, timed inside the guest.
 The last lines give the vgic/QEMU ratios (``n/a`` without QEMU or the guest).
+
+The model's MSI rows are measured twice: with the pure-Python package and with the
+optional mypyc build of the hot path (scripts/build_compiled.py, rows marked ``[mypyc]``),
+which this run builds when it can (a C compiler and the Python headers).
+``--compiled`` runs everything against that build.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import importlib.util
+import json
 import os
 import random
 import re
@@ -37,8 +44,10 @@ from types import ModuleType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
+COMPILED = ROOT / "build" / "compiled"  # scripts/build_compiled.py's output
+sys.path.insert(0, str(COMPILED if "--compiled" in sys.argv else ROOT / "src"))
 
+from vgic.compiled import is_compiled  # noqa: E402
 from vgic.events import EventLog, Kind  # noqa: E402
 from vgic.gic import Gic, GicConfig  # noqa: E402
 from vgic.gicv3.redistributor import LPI_BASE, RedistributorConfig  # noqa: E402
@@ -181,6 +190,21 @@ def bench_msi_sizes(quick: bool) -> list[Row]:
                         ns, "ns/MSI", note=f"{1e9 / ns:,.0f} MSI/s, best of {CHUNKS} chunks"))  # fmt: skip
     rows.append(Row("model", "O(1) check: ns/MSI largest / smallest table", best[-1] / best[0], "x"))
     return rows
+
+
+def bench_compiled(quick: bool) -> list[Row]:
+    """The MSI rows under the mypyc build, in a child process (built first if need be)."""
+    build = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "build_compiled.py")], capture_output=True, text=True
+    )
+    if build.returncode != 0:
+        return [Row("model", "MSI rows, mypyc build", None, "", note=build.stderr.strip()[-200:] or "not built")]
+    child = subprocess.run([sys.executable, __file__, "--compiled", "--hot-rows", *(["--quick"] if quick else [])],
+                           capture_output=True, text=True)  # fmt: skip
+    if child.returncode != 0:
+        raise RuntimeError(f"the compiled bench failed:\n{child.stderr[-2000:]}")
+    rows = [Row(**r) for r in json.loads(child.stdout)]
+    return [dataclasses.replace(r, what=f"[mypyc] {r.what}") for r in rows if not r.what.startswith("O(1)")]
 
 
 def bench_translate_only(quick: bool) -> list[Row]:
@@ -573,17 +597,29 @@ def main() -> int:
     ap.add_argument("--no-qemu", action="store_true", help="skip QEMU even when installed")
     ap.add_argument("--only", choices=("model", "e2e", "boot", "linux"), help="run one part")
     ap.add_argument("--repeat", type=int, help="runs per boot timing, the median is shown (default 3, --quick 1)")
+    ap.add_argument("--compiled", action="store_true", help="use the mypyc build (scripts/build_compiled.py)")
+    ap.add_argument("--hot-rows", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.compiled and not is_compiled():
+        print("bench: no mypyc build: run scripts/build_compiled.py", file=sys.stderr)
+        return 1
     repeat = args.repeat or (1 if args.quick else 3)
     rows: list[Row] = []
     ratio = None
     mips_ratio = None
     boot_ratios: dict[str, float | None] = {}
     t0 = time.perf_counter()
+    if args.hot_rows:  # the child of bench_compiled: the MSI rows, as JSON
+        rows = bench_translate_only(args.quick) + bench_msi_sizes(args.quick)
+        print(json.dumps([dataclasses.asdict(r) for r in rows]))
+        return 0
     if args.only in (None, "model"):
         for part in (bench_translate_only, bench_msi_sizes, bench_commands, bench_collection_wide, bench_memory):
             print(f"[bench] {part.__name__} ...", file=sys.stderr, flush=True)
             rows += part(args.quick)
+        if not args.compiled:
+            print("[bench] the MSI rows again, mypyc build ...", file=sys.stderr, flush=True)
+            rows += bench_compiled(args.quick)
     if args.only in (None, "e2e"):
         print("[bench] end to end (vgic run, QEMU) ...", file=sys.stderr, flush=True)
         e2e, ratio = bench_e2e(not args.no_qemu)

@@ -1,6 +1,6 @@
 """The layers of src/vgic, as a newcomer should find them, and no import cycle between modules.
 
-    checks, events, files, memory, regs -> gicv3 -> its -> gic, profiles -> pci, machine, unicorn (ucnative)
+    checks, compiled, events, files, memory, regs -> gicv3 -> its -> gic, profiles -> pci, machine, unicorn (ucnative)
     -> snapshot -> driver, demo, tools -> cli
 
 A module may import from its own layer or a lower one, never from a higher one; and no
@@ -16,7 +16,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parent.parent / "src" / "vgic"
 
 LAYERS = [
-    {"checks", "events", "files", "memory", "regs"},
+    {"checks", "compiled", "events", "files", "memory", "regs"},
     {"gicv3"},
     {"its"},
     {"gic", "profiles"},

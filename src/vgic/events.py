@@ -20,7 +20,7 @@ import itertools
 import sys
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class Kind(enum.Enum):
@@ -90,7 +90,6 @@ def _report_listener_failure(listener: Listener, error: Exception) -> None:
     print(f"vgic: event listener {name} failed and was detached: {type(error).__name__}: {error}", file=sys.stderr)
 
 
-@dataclass
 class EventLog:
     """A bounded log of :class:`Event` records with per-kind counters.
 
@@ -98,21 +97,20 @@ class EventLog:
     (counters still count every kind). Hot-path kinds can be left out to save time.
     """
 
-    capacity: int = 65536
-    keep: frozenset[Kind] = frozenset(Kind)
-    events: deque[Event] = field(init=False)
-    counts: Counter[Kind] = field(init=False, default_factory=Counter)
-    # listeners that raised, with what they raised; they no longer listen
-    listener_failures: list[tuple[Listener, Exception]] = field(init=False, default_factory=list)
-    on_listener_failure: Callable[[Listener, Exception], None] = field(
-        init=False, default_factory=lambda: _report_listener_failure
-    )
-    # a tuple, replaced (not mutated) on (un)subscribe: a listener may unsubscribe while called
-    _listeners: tuple[Listener, ...] = field(init=False, default=())
-    _seq: Iterator[int] = field(init=False, default_factory=itertools.count)
+    def __init__(self, capacity: int = 65536, keep: frozenset[Kind] = frozenset(Kind)) -> None:
+        self.capacity = capacity
+        self.keep = keep
+        self.events: deque[Event] = deque(maxlen=capacity)
+        self.counts: Counter[Kind] = Counter()
+        # listeners that raised, with what they raised; they no longer listen
+        self.listener_failures: list[tuple[Listener, Exception]] = []
+        self.on_listener_failure: Callable[[Listener, Exception], None] = _report_listener_failure
+        # a tuple, replaced (not mutated) on (un)subscribe: a listener may unsubscribe while called
+        self._listeners: tuple[Listener, ...] = ()
+        self._seq: Iterator[int] = itertools.count()
 
-    def __post_init__(self) -> None:
-        self.events = deque(maxlen=self.capacity)
+    def __repr__(self) -> str:
+        return f"EventLog(capacity={self.capacity}, {len(self.events)} events, {sum(self.counts.values())} counted)"
 
     @classmethod
     def quiet(cls, capacity: int = 65536) -> EventLog:

@@ -204,6 +204,7 @@ class Gic:
                                id_bits=config.redistributor.lpi_id_bits)  # fmt: skip
             cpu.on_sgi = self.send_sgi
             rd.on_change = cpu.update
+            rd.on_pend = cpu.pended
             self.redistributors.append(rd)
             self.sgi_frames.append(sgi)
             self.cpus.append(cpu)

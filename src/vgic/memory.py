@@ -20,6 +20,8 @@ import struct
 from bisect import bisect_right
 from dataclasses import dataclass, field
 
+from vgic.compiled import mypyc_attr
+
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -55,6 +57,7 @@ class Region:
         return ctypes.addressof(ctypes.c_char.from_buffer(self.buf))
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # embedders and tests extend it
 class GuestMemory:
     """Sparse, bounds-checked, little-endian guest physical memory."""
 

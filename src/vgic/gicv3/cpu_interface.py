@@ -78,6 +78,9 @@ def preemption_bits(pri_bits: int) -> int:
     return min(pri_bits, 7)
 
 
+_FLAGS = ("eoimode", "cbpr", "igrpen0", "igrpen1")  # the one-bit fields of CpuInterfaceState
+
+
 @dataclass(frozen=True)
 class CpuInterfaceState:
     """The saved ICC_* state of one CPU interface (IHI 0069 12.2). ``ap`` holds the active
@@ -92,12 +95,10 @@ class CpuInterfaceState:
     igrpen1: bool
     ap: tuple[int, int]
 
-    _FLAGS = ("eoimode", "cbpr", "igrpen0", "igrpen1")
-
     def to_dict(self) -> dict[str, object]:
         """The one-bit fields are saved as 0 or 1 (format 1 and 2 files do)."""
         d: dict[str, object] = {"pmr": self.pmr, "bpr0": self.bpr0, "bpr1": self.bpr1}
-        d.update({k: int(getattr(self, k)) for k in self._FLAGS})
+        d.update({k: int(getattr(self, k)) for k in _FLAGS})
         d["ap"] = list(self.ap)
         return d
 
@@ -108,7 +109,7 @@ class CpuInterfaceState:
         from that plus one, to 7 (4.8.5), and two active-priority bitmaps within the bits
         of the ICC_AP<n>R<m>_EL1 registers PREbits implements (one bit per group priority)."""
         m = mapping(d)
-        only(m, ("pmr", "bpr0", "bpr1", *cls._FLAGS, "ap"))
+        only(m, ("pmr", "bpr0", "bpr1", *_FLAGS, "ap"))
         pre = preemption_bits(pri_bits)
         pri_mask = (0xFF << (8 - pri_bits)) & 0xFF
         pmr = uint(req(m, "pmr"), 8, "pmr")
@@ -116,7 +117,7 @@ class CpuInterfaceState:
             raise FieldError("pmr", f"{pmr:#x} sets priority bits beyond the {pri_bits} implemented")
         bpr0 = bounded(req(m, "bpr0"), 7 - pre, 8, "bpr0")
         bpr1 = bounded(req(m, "bpr1"), 8 - pre, 8, "bpr1")
-        flags = {k: flag(req(m, k), k) for k in cls._FLAGS}
+        flags = {k: flag(req(m, k), k) for k in _FLAGS}
         ap = exactly(req(m, "ap"), 2, "ap")
         levels = 1 << pre
         ap0, ap1 = (uint(v, levels, f"ap[{g}]") for g, v in enumerate(ap))
@@ -237,6 +238,27 @@ class CpuInterface:
             self.fiq_level = fiq
             self.on_fiq(fiq)
 
+    def pended(self, priority: int, group: int = 1) -> None:
+        """One interrupt of ``group`` and ``priority`` became pending and enabled, and nothing
+        else changed: the line can only rise, and only if that interrupt is signalled (the
+        checks of :meth:`_signalled` are monotonic in priority), so no source is scanned."""
+        with self.lock:
+            if group:
+                if self.irq_level or not self.igrpen1:
+                    return
+            elif self.fiq_level or not self.igrpen0:
+                return
+            if priority & self._pri_mask >= self.pmr:
+                return
+            if (self.ap[0] | self.ap[1]) and self.group_priority(priority, group) >= self.running_priority():
+                return
+            if group:
+                self.irq_level = True
+                self.on_irq(True)
+            else:
+                self.fiq_level = True
+                self.on_fiq(True)
+
     # -- acknowledge, priority drop, deactivate ----------------------------------------
     def acknowledge(self, group: int = 1) -> int:
         """ICC_IAR<group>_EL1 (12.2.12): the signalled interrupt becomes active, or 1023."""
@@ -250,7 +272,21 @@ class CpuInterface:
             if self.log.wants(Kind.ACKNOWLEDGE):
                 self.log.record(Kind.ACKNOWLEDGE, self.source, f"acknowledged INTID {intid} (priority {prio:#x})",
                                 intid=intid, cpu=self.index)  # fmt: skip
-            self._update_lines()
+            # What is still pending of this group has a priority no higher than the one just
+            # acknowledged, which is now running: it cannot preempt, the line falls (4.8).
+            # The other group's line can only fall too, and only needs a look if it is up.
+            if group:
+                if self.irq_level:
+                    self.irq_level = False
+                    self.on_irq(False)
+                if self.fiq_level:
+                    self._update_lines()
+            else:
+                if self.fiq_level:
+                    self.fiq_level = False
+                    self.on_fiq(False)
+                if self.irq_level:
+                    self._update_lines()
             return intid
 
     def end_of_interrupt(self, intid: int, group: int = 1) -> None:

@@ -387,6 +387,9 @@ class Redistributor:
         }
         self.regs = RegisterBank(gicr_rd_registers(self.config.iidr), log, self.source, handlers, device=self)
         self.on_change: Callable[[], None] = lambda: None  # set by the CPU interface
+        # an enabled LPI of this priority became pending and nothing else changed (the MSI
+        # path): the CPU interface raises its line without a scan; set by the GIC
+        self.on_pend: Callable[[int], None] = lambda priority: self.on_change()
         self._enable_lpis = False
         self._pending: set[int] = set()
         self._config: dict[int, int] = {}  # config bytes of pending LPIs
@@ -738,19 +741,22 @@ class Redistributor:
                 return False
             if intid in self._pending:
                 return True
-            self._make_pending(intid)
+            cfg = self._make_pending(intid)
             if self.log.wants(Kind.LPI_PENDING):
                 self.log.record(Kind.LPI_PENDING, self.source, f"LPI {intid} pending {_text(why)}".rstrip(),
                                 intid=intid, cpu=self.index)  # fmt: skip
-            self.on_change()
+            if cfg & 1:  # a disabled LPI changes nothing the CPU interface sees
+                self.on_pend(cfg & 0xFC)
             return True
 
-    def _make_pending(self, intid: int) -> None:
+    def _make_pending(self, intid: int) -> int:
+        """Pending, with its configuration read and cached; returns that configuration byte."""
         self._pending.add(intid)
         cfg = self._read_config(intid)
         self._config[intid] = cfg
         if cfg & 1:
             self._rank(intid, cfg)
+        return cfg
 
     def _rank(self, intid: int, cfg: int) -> None:
         """Put a pending, enabled LPI in its priority level (kept sorted by INTID)."""
