@@ -1,7 +1,7 @@
 """GITS_* registers (IHI 0069 12.19): reset values, access widths, write rules, the queue.
 
-Field positions come from the Arm register pages (docs/spec-notes.md sections 2-4, 9;
-/work/shared/docs/its-facts.md); the tests decode them independently of the model.
+Field positions come from the Arm register pages (docs/spec-notes.md sections 2-4, 9);
+the tests decode them independently of the model.
 """
 
 from __future__ import annotations
