@@ -428,7 +428,7 @@ def gic_questions(report: str) -> list[str]:
             continue  # another section, or the command/rule detail lines of an error
         source, _, message = line.strip().partition(": ")
         if section == "Questionable guest actions" and not (
-            _GIC_SOURCE.fullmatch(source) or (source.startswith("cpu") and not message.startswith("abort on access"))
+            _GIC_SOURCE.fullmatch(source) or (source.startswith("cpu") and not message.startswith("external abort"))
         ):
             continue
         out.append(f"{section}: {line.strip()}")

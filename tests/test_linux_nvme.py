@@ -217,3 +217,27 @@ def test_linux_nvme_on_vgic_like_qemu(initrd: Path, image: bytes, tmp_path: Path
         return [" ".join(names.get(w, w) for w in c.split()) for c in commands]
 
     assert its_command_differences(neutral(theirs.commands, rename[1]), neutral(ours.commands, rename[0])) == []
+
+
+def test_linux_nvme_with_pci_nomsi_uses_intx(image: bytes, tmp_path: Path) -> None:
+    """``pci=nomsi``: Linux drives the same disk through legacy INTx, which the host bridge's
+    interrupt-map routes to a distributor SPI; no MSI goes through the ITS."""
+    if not vgic_run_has("--nvme"):
+        pytest.skip("vgic run has no --nvme")
+    initrd = tmp_path / "initrd.cpio"
+    initrd.write_bytes(busybox_initramfs(nvme_script(reads_per_cpu=256, checks=False)))
+    disk, report = _disk(tmp_path, image), tmp_path / "report.txt"
+    cmd = vgic_command(initrd, APPEND + " pci=nomsi", 1, timeout=VGIC_TIMEOUT,
+                       extra=["--nvme", str(disk), "--report-to", str(report)])  # fmt: skip
+    p = subprocess.run(cmd, capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL,
+                       timeout=VGIC_TIMEOUT + 120, env=vgic_env())  # fmt: skip
+    run = parse_nvme(p.stdout)
+    assert p.returncode == 0 and run.done, p.stdout[-3000:] + p.stderr[-2000:]
+    assert run.reads == [(0, 0, 256, run.reads[0][3])] if run.reads else False, run.reads
+    taken = run.delta("start", "read0")
+    assert taken and sum(sum(c) for c in taken.values()) >= 256, taken
+    lines = (run.irqs or {})["read0"]
+    for name in taken:
+        assert lines[name].chip == "GICv3", f"{name} is not a GICv3 SPI (INTx): {lines[name]}"
+    text = report.read_text()
+    assert re.search(r"\bMAPD\b", text) is None, "an ITS device mapping under pci=nomsi:\n" + text[-2000:]

@@ -401,6 +401,29 @@ def test_pl011_tx_rx_flags_interrupt() -> None:
     assert irq[-1] is False
 
 
+def test_pl011_takes_the_16_bit_accesses_linux_makes() -> None:
+    """Linux's amba-pl011 driver uses readw/writew (QEMU's device tree sets no reg-io-width):
+    UARTCR reads back, UARTIMSC takes effect, a byte store to DR's upper lanes sends nothing."""
+    tx: list[int] = []
+    irq: list[bool] = []
+    log = EventLog()
+    u = Pl011(log, tx.append, irq.append)
+    assert u.read(0x030, 2) == 0x300  # UARTCR reset: TXE | RXE
+    u.write(0x030, 2, 0x301)
+    assert u.read(0x030, 4) == 0x301
+    u.write(0x038, 2, INT_RX)  # UARTIMSC, 16 bits
+    u.feed(b"x")
+    assert irq == [True] and u.read(0x040, 2) == INT_RX
+    u.write(0x039, 1, 0)  # the upper byte of IMSC: RXIM (bit 4) stays
+    assert u.read(0x038, 4) == INT_RX
+    assert u.read(0x000, 2) == ord("x") and irq == [True, False]
+    u.write(0x000, 2, ord("B"))
+    u.write(0x001, 1, ord("C"))
+    assert tx == [ord("B")]
+    assert u.read(0x018, 2) & FR_TXFE
+    assert log.diagnostics == []
+
+
 @needs_cross
 def test_pl011_from_a_guest() -> None:
     g = Guest(

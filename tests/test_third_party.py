@@ -108,8 +108,8 @@ def test_gic_questions_keeps_the_gic_entries_of_a_real_report() -> None:
     from vgic.tools.report import report
 
     log = EventLog()
-    log.record(Kind.DIAGNOSTIC, "pl011", "unsupported 2-byte read at 0x30: RAZ", rule="IHI0069 12.1")
-    log.record(Kind.DIAGNOSTIC, "cpu2", "abort on access to 0x2d9ed000 at PC 0xffff8000080ddfec")
+    log.record(Kind.DIAGNOSTIC, "pl011", "unsupported 8-byte read at 0x30: RAZ", rule="PL011 TRM 3.2")
+    log.record(Kind.DIAGNOSTIC, "cpu2", "external abort: nothing at physical address 0x2d9ed000 (PC 0xffff8000080ddfec)")
     assert gic_questions(report(log)) == []
     log.record(Kind.DIAGNOSTIC, "its0", "MAPTI over an existing mapping", rule="IHI0069 5.3")
     log.record(Kind.DIAGNOSTIC, "cpu1", "EOI of INTID 30 with no active priority: UNPREDICTABLE, ignored")
@@ -120,7 +120,7 @@ def test_gic_questions_keeps_the_gic_entries_of_a_real_report() -> None:
     assert [q.split(":")[0] for q in found] == [
         "ITS command errors", "Questionable guest actions", "Questionable guest actions", "LPIs the redistributors ignored",
     ]  # fmt: skip
-    assert not any("pl011" in q or "abort on access" in q for q in found)
+    assert not any("pl011" in q or "external abort" in q for q in found)
 
 
 # -- comparing boots -----------------------------------------------------------------------

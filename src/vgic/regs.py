@@ -18,7 +18,8 @@ the device, with one rule set for every GIC block:
 * Access widths (documented in docs/choices.md): 32-bit everywhere; 64-bit on 64-bit
   registers; a 64-bit access to a 32-bit register is split into two 32-bit accesses (what
   the Unicorn engine does anyway) with a diagnostic; 8-bit only on registers marked
-  ``byte_access``; anything else, and misaligned accesses, are RAZ/WI with a diagnostic.
+  ``byte_access`` (8- and 16-bit); anything else, and misaligned accesses, are RAZ/WI with a
+  diagnostic.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class Register:
     access: Access = Access.RW
     wmask: int = -1  # writable bits of a storage register (-1: all)
     count: int = 1  # an array of registers at offset + i * width
-    byte_access: bool = False  # 8-bit accesses permitted (e.g. GICD_IPRIORITYR)
+    byte_access: bool = False  # 8- and 16-bit accesses permitted (e.g. GICD_IPRIORITYR, the PL011's)
 
     @property
     def size(self) -> int:
@@ -128,11 +129,14 @@ class RegisterBank:
         source: str,
         handlers: Handlers | None = None,
         device: object | None = None,
+        rule: str = "IHI0069 12.1",
     ) -> None:
         """``handlers`` binds registers to behaviour; ``device``, when given, is checked to
-        have no ``read_*``/``write_*`` method left out of ``handlers``."""
+        have no ``read_*``/``write_*`` method left out of ``handlers``; ``rule`` is the
+        document section access diagnostics cite (the GIC's by default)."""
         self.log = log
         self.source = source
+        self.rule = rule
         self.registers = {r.name: r for r in registers}
         self.values: dict[str, list[int]] = {r.name: [r.reset] * r.count for r in registers}
         self._readers: dict[str, Reader | None] = dict.fromkeys(self.registers)
@@ -200,7 +204,7 @@ class RegisterBank:
 
     # -- MMIO ------------------------------------------------------------------------
     def _diag(self, message: str, offset: int) -> None:
-        self.log.record(Kind.DIAGNOSTIC, self.source, message, offset=offset, rule="IHI0069 12.1")
+        self.log.record(Kind.DIAGNOSTIC, self.source, message, offset=offset, rule=self.rule)
 
     def read(self, offset: int, size: int) -> int:
         """A guest load of ``size`` bytes at ``offset``; never raises."""

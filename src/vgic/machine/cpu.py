@@ -611,10 +611,9 @@ class Cpu:
         if target_el != 1:  # a trap to EL2/EL3, which this machine does not have
             self.take_exception(VECTOR_SYNC, self.pc, esr=EC_UNKNOWN << 26 | IL)
             return
-        far = None
-        if syndrome >> 26 in EC_WITH_FAR:
-            far = vaddress
-            self.host.note_abort(self.index, vaddress, self.pc)
+        # A translation or permission fault is the guest OS's business (demand paging, a
+        # user pointer checked by the kernel): counted as an exception, not a diagnostic.
+        far = vaddress if syndrome >> 26 in EC_WITH_FAR else None
         self.take_exception(VECTOR_SYNC, self.pc, esr=syndrome, far=far)
 
     def _hypercall(self, smc: bool) -> None:

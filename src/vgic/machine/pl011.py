@@ -28,21 +28,25 @@ LCR_FEN = 1 << 4
 INT_ALL = 0x7FF  # UARTRIS/UARTIMSC: the eleven interrupt bits [10:0]
 RX_LIMIT = 1 << 20  # received bytes a snapshot may carry (the model's receive queue grows with input)
 
+# The PL011's registers are 8 or 16 bits wide in 32-bit slots, and software accesses them
+# with loads and stores of any of the three sizes: Linux's amba-pl011 driver uses 16-bit
+# ones (readw/writew) unless the device tree says reg-io-width = <4>, which QEMU's does
+# not. So every register but the identification ones takes 8-, 16- and 32-bit accesses.
 PL011_REGISTERS: list[Register] = [
     Register("DR", 0x000, 4, byte_access=True),
-    Register("RSR", 0x004, 4),
-    Register("FR", 0x018, 4, access=Access.RO),
-    Register("ILPR", 0x020, 4),
-    Register("IBRD", 0x024, 4),
-    Register("FBRD", 0x028, 4),
+    Register("RSR", 0x004, 4, byte_access=True),
+    Register("FR", 0x018, 4, access=Access.RO, byte_access=True),
+    Register("ILPR", 0x020, 4, byte_access=True),
+    Register("IBRD", 0x024, 4, byte_access=True),
+    Register("FBRD", 0x028, 4, byte_access=True),
     Register("LCR_H", 0x02C, 4, byte_access=True),
-    Register("CR", 0x030, 4, reset=0x300),
-    Register("IFLS", 0x034, 4, reset=0x12),
-    Register("IMSC", 0x038, 4),
-    Register("RIS", 0x03C, 4, access=Access.RO),
-    Register("MIS", 0x040, 4, access=Access.RO),
-    Register("ICR", 0x044, 4, access=Access.WO),
-    Register("DMACR", 0x048, 4),
+    Register("CR", 0x030, 4, reset=0x300, byte_access=True),
+    Register("IFLS", 0x034, 4, reset=0x12, byte_access=True),
+    Register("IMSC", 0x038, 4, byte_access=True),
+    Register("RIS", 0x03C, 4, access=Access.RO, byte_access=True),
+    Register("MIS", 0x040, 4, access=Access.RO, byte_access=True),
+    Register("ICR", 0x044, 4, access=Access.WO, byte_access=True),
+    Register("DMACR", 0x048, 4, byte_access=True),
     # PeriphID0..3, PCellID0..3
     *id_registers((0x11, 0x10, 0x14, 0x00, 0x0D, 0xF0, 0x05, 0xB1), 0xFE0, tuple(f"ID{i}" for i in range(8))),
 ]
@@ -98,7 +102,7 @@ class Pl011:
             "IMSC": (None, self.write_IMSC),
             "ICR": (None, self.write_ICR),
         }
-        self.regs = RegisterBank(PL011_REGISTERS, log, "pl011", handlers, device=self)
+        self.regs = RegisterBank(PL011_REGISTERS, log, "pl011", handlers, device=self, rule="PL011 TRM 3.2")
         self._level = False
 
     def save_state(self) -> Pl011State:
@@ -139,6 +143,8 @@ class Pl011:
         return c
 
     def write_DR(self, index: int, value: int, mask: int) -> None:
+        if not mask & 0xFF:
+            return  # a store to the byte lanes above the data: nothing to transmit
         self.reads_waiting = 0  # a guest that transmits is not waiting for input
         self.on_tx(value & 0xFF)
         self.ris |= INT_TX
@@ -160,7 +166,7 @@ class Pl011:
         return self.ris & self.regs.get("IMSC")
 
     def write_IMSC(self, index: int, value: int, mask: int) -> None:
-        self.regs.set("IMSC", value & mask & INT_ALL)
+        self.regs.set("IMSC", (self.regs.get("IMSC") & ~mask | value & mask) & INT_ALL)
         self._update()
 
     def write_ICR(self, index: int, value: int, mask: int) -> None:

@@ -329,7 +329,8 @@ class VirtMachine:
             self.last_exception = f"CPU{cpu} synchronous exception ESR={esr:#x} ELR={elr:#x}"
 
     def note_abort(self, cpu: int, address: int, pc: int) -> None:
-        self.log.record(Kind.DIAGNOSTIC, f"cpu{cpu}", f"abort on access to {address:#x} at PC {pc:#x}", cpu=cpu)
+        self.log.record(Kind.DIAGNOSTIC, f"cpu{cpu}", f"external abort: nothing at physical address {address:#x} "
+                        f"(PC {pc:#x})", cpu=cpu)  # fmt: skip
 
     def broadcast_tlbi(self, source: int, op2: int, value: int) -> None:
         """TLBI <op>IS reaches every CPU of the Inner Shareable domain (Arm ARM D8.13)."""
