@@ -109,7 +109,9 @@ def test_gic_questions_keeps_the_gic_entries_of_a_real_report() -> None:
 
     log = EventLog()
     log.record(Kind.DIAGNOSTIC, "pl011", "unsupported 8-byte read at 0x30: RAZ", rule="PL011 TRM 3.2")
-    log.record(Kind.DIAGNOSTIC, "cpu2", "external abort: nothing at physical address 0x2d9ed000 (PC 0xffff8000080ddfec)")
+    log.record(
+        Kind.DIAGNOSTIC, "cpu2", "external abort: nothing at physical address 0x2d9ed000 (PC 0xffff8000080ddfec)"
+    )
     assert gic_questions(report(log)) == []
     log.record(Kind.DIAGNOSTIC, "its0", "MAPTI over an existing mapping", rule="IHI0069 5.3")
     log.record(Kind.DIAGNOSTIC, "cpu1", "EOI of INTID 30 with no active priority: UNPREDICTABLE, ignored")
