@@ -390,6 +390,31 @@ def vgic_its_commands(decoded: str) -> list[str]:
     return out
 
 
+def without_resends(commands: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The commands without Linux's lazy-disable resends, and the resends taken out.
+
+    Linux disables an IRQ lazily: if the interrupt arrives while it is disabled (say
+    between nvme_poll_irqdisable's disable_irq and enable_irq, when the controller
+    completes an admin command in that window), the handler masks it (INV), and enable_irq
+    unmasks it (INV) and resends it (INT): ``INV e, SYNC, INV e, SYNC, INT e, SYNC``. Whether
+    it happens depends on when the completion lands, on any machine; it is not a
+    difference between two ITSes."""
+    out: list[str] = []
+    resends: list[str] = []
+    i = 0
+    while i < len(commands):
+        window = [c.split() for c in commands[i : i + 6]]
+        if len(window) == 6 and [w[0] for w in window] == ["INV", "SYNC", "INV", "SYNC", "INT", "SYNC"]:
+            event = window[0][1:]
+            if window[2][1:] == event and window[4][1:] == event:
+                resends.append(commands[i + 4])
+                i += 6
+                continue
+        out.append(commands[i])
+        i += 1
+    return out, resends
+
+
 def its_command_differences(expected: Sequence[str], got: Sequence[str]) -> list[str]:
     """Where two normalized command lists differ: position by position, comparing the name and
     the fields both lines have (QEMU's trace omits some, e.g. INVALL's ICID)."""

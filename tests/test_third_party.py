@@ -41,6 +41,7 @@ from linux_guest import (
     vgic_command,
     vgic_env,
     vgic_its_commands,
+    without_resends,
 )
 
 APPEND = "console=ttyAMA0 panic=-1"
@@ -101,6 +102,14 @@ def test_busybox_initramfs_layout(tmp_path: Path) -> None:
     assert members["bin/sh"] == members["bin/dd"] == (0o120777, b"busybox")
     assert members["init"] == (0o100755, b"#!/bin/sh\necho hi\n")
     assert {"dev", "proc", "sys", "tmp", "sbin", "usr/bin"} <= {n for n, (m, _) in members.items() if m >> 12 == 4}
+
+
+def test_without_resends_takes_out_lazy_disable_resends_only() -> None:
+    resend = ["INV D EventID=0", "SYNC", "INV D EventID=0", "SYNC", "INT D EventID=0", "SYNC"]
+    before, after = ["MOVI D EventID=0 ICID=3", "SYNC"], ["INV D EventID=4", "SYNC"]
+    assert without_resends(before + resend + after) == (before + after, ["INT D EventID=0"])
+    other = ["INV D EventID=1", "SYNC", "INV D EventID=2", "SYNC", "INT D EventID=1", "SYNC"]
+    assert without_resends(other) == (other, [])  # not one event throughout: kept
 
 
 def test_gic_questions_keeps_the_gic_entries_of_a_real_report() -> None:
