@@ -486,6 +486,8 @@ def bench_loop(use_qemu: bool, repeat: int) -> tuple[list[Row], float | None]:
 
 def _load_test_module(name: str) -> ModuleType:
     """tests/NAME.py as a module (the boots reuse the tests' initramfs and U-Boot session)."""
+    if str(ROOT / "tests") not in sys.path:
+        sys.path.append(str(ROOT / "tests"))  # for the helpers they import (linux_guest)
     spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "tests" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
