@@ -15,11 +15,13 @@ def test_bench_loads_its_parts() -> None:
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
     argv = sys.argv
+    sys.modules["bench_run"] = bench  # its dataclasses look their module up there
     try:
         sys.argv = ["run.py"]
         spec.loader.exec_module(bench)
     finally:
         sys.argv = argv
+        del sys.modules["bench_run"]
     for name in ("test_third_party", "test_uboot"):
         module = bench._load_test_module(name)
         assert module.__file__ and module.__file__.endswith(f"{name}.py")
