@@ -60,7 +60,7 @@ CTLR_RWP = 1 << 3
 
 # Bounded work: LPIs a job handles per work unit, and the units one guest access may do.
 JOB_CHUNK = 16
-ACCESS_UNITS = 16
+ACCESS_UNITS = 8
 
 # GICR_WAKER bits (12.11.41)
 WAKER_PROCESSOR_SLEEP = 1 << 1

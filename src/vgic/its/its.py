@@ -64,7 +64,7 @@ from vgic.memory import GuestMemory, MemoryFault
 from vgic.regs import RegisterBank
 from vgic.regs import field as bits
 
-ACCESS_UNITS = 16  # commands (or job units) one guest access may run
+ACCESS_UNITS = 8  # commands (or job units) one guest access may run
 VERIFY_AT_DISABLE = 256  # cached entries compared with memory when the ITS is disabled
 
 Ticket = tuple[Redistributor, int]  # a redistributor job a command waits for
