@@ -509,8 +509,10 @@ class Harness:
             ranked = [i for level in rd._levels.values() for i in level]
             if sorted(ranked) != sorted(i for i in pending if rd._config[i] & 1) or len(ranked) != len(set(ranked)):
                 raise Violation(f"{rd.source}: priority levels {sorted(ranked)} != pending enabled LPIs")
-            if any(list(level) != sorted(level) or not level for level in rd._levels.values()):
-                raise Violation(f"{rd.source}: a priority level is empty or out of order")
+            if any(list(level) != sorted(level) for level in rd._levels.values()):
+                raise Violation(f"{rd.source}: a priority level is out of order")
+            if rd._priorities != sorted(p for p, level in rd._levels.items() if level):
+                raise Violation(f"{rd.source}: priorities {rd._priorities} are not those of the non-empty levels")
             if not rd.enable_lpis and pending:
                 raise Violation(f"{rd.source}: LPIs pending with EnableLPIs=0")
             if any(not LPI_BASE <= i < rd._lpi_limit for i in pending):

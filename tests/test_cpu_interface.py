@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from vgic.events import EventLog, Kind
-from vgic.gicv3.cpu_interface import SYSREG_BY_NAME, SYSREG_ENCODINGS, CpuInterface
+from vgic.gicv3.cpu_interface import SYSREG_BY_NAME, SYSREG_ENCODINGS, CpuInterface, InterruptSource
 
 SPURIOUS = 1023
 
 
-class Source:
+class Source(InterruptSource):
     """An interrupt source with active state (SPIs/PPIs), for the CPU interface alone."""
 
     def __init__(self) -> None:

@@ -453,6 +453,7 @@ def test_priority_levels_hold_exactly_the_pending_lpis_over_set_clear_cycles() -
             rd.write(CLRLPIR, 8, intid)
             assert ranked(rd) == len(rd.pending_lpis), round_
     assert rd.pending_lpis == frozenset()
+    assert rd._priorities == [] and rd.highest_pending(1) is None  # levels stay, emptied
 
 
 def test_priority_levels_exact_across_invalidations() -> None:
@@ -463,6 +464,7 @@ def test_priority_levels_exact_across_invalidations() -> None:
         config_lpi(gic, 8192, priority=(i % 16) << 4)
         rd.write(INVLPIR, 8, 8192)
         assert ranked(rd) == 1 and rd.highest_pending_lpi() == ((i % 16) << 4, 8192)
+        assert rd._priorities == [(i % 16) << 4]  # only the level that holds it
 
 
 def test_many_pending_lpis_acknowledged_in_order() -> None:

@@ -200,11 +200,11 @@ class Gic:
                                last=i == config.num_cpus - 1, base=config.gicr_base + i * RD_FRAME_SIZE)  # fmt: skip
             sgi = SgiFrame(rd, self.distributor.group_enabled)
             sources = [rd, sgi, SpiView(self.distributor, i)]
-            cpu = CpuInterface(i, sources, self.log, lock=rd.lock, pri_bits=config.pri_bits,  # type: ignore[arg-type]
+            cpu = CpuInterface(i, sources, self.log, lock=rd.lock, pri_bits=config.pri_bits,
                                id_bits=config.redistributor.lpi_id_bits)  # fmt: skip
             cpu.on_sgi = self.send_sgi
             rd.on_change = cpu.update
-            rd.on_pend = cpu.pended
+            rd.on_pend = cpu.pended_locked  # the redistributor holds the lock it shares with cpu
             self.redistributors.append(rd)
             self.sgi_frames.append(sgi)
             self.cpus.append(cpu)

@@ -118,8 +118,10 @@ class GuestMemory:
 
     # -- scalar access ---------------------------------------------------------------
     def read8(self, address: int) -> int:
-        buf, off = self._locate(address, 1, False)
-        return buf[off]
+        r = self._find(address, 1)  # _locate, inline: an LPI's configuration byte per MSI
+        if r is None:
+            raise MemoryFault(address, 1, False)
+        return r.buf[address - r.base]
 
     def read16(self, address: int) -> int:
         buf, off = self._locate(address, 2, False)

@@ -20,29 +20,36 @@ import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final
 
 from vgic.checks import FieldError, bounded, exactly, flag, mapping, only, req, uint
+from vgic.compiled import mypyc_attr
 from vgic.events import EventLog, Kind
 
-SPURIOUS = 1023
-IDLE_PRIORITY = 0xFF
+SPURIOUS: Final = 1023
+IDLE_PRIORITY: Final = 0xFF
+# The hot path's event kinds, bound once (an Enum member lookup is a class-dict lookup)
+_ACKNOWLEDGE: Final = Kind.ACKNOWLEDGE
+_EOI: Final = Kind.EOI
 
 
-class InterruptSource(Protocol):
-    """Something holding pending interrupts for one CPU."""
+@mypyc_attr(allow_interpreted_subclasses=True)  # embedders may write their own sources
+class InterruptSource:
+    """Something holding pending interrupts for one CPU: the redistributor's LPIs, the SGI
+    frame's SGIs and PPIs, the distributor's SPIs routed here. A base class rather than a
+    protocol so that the compiled build calls the sources directly."""
 
     def highest_pending(self, group: int) -> tuple[int, int] | None:
         """(priority, INTID) of the best pending, enabled interrupt of ``group``."""
-        ...
+        raise NotImplementedError
 
     def acknowledge(self, intid: int) -> None:
         """The interrupt was acknowledged: pending -> active (LPIs: not pending)."""
-        ...
+        raise NotImplementedError
 
     def deactivate(self, intid: int) -> bool:
         """Remove the active state; False if ``intid`` is not this source's or not active."""
-        ...
+        return False
 
 
 # (op0, op1, CRn, CRm, op2) -> register name (12.2)
@@ -154,7 +161,11 @@ class CpuInterface:
         # so 8 priority bits give 7 preemption bits and a BPR0 minimum of 0 (QEMU: prebits).
         self.pre_bits = preemption_bits(pri_bits)
         self._min_bpr0 = 7 - self.pre_bits  # 4.8.5: BPR0 min; the Non-secure BPR1 min is one more
+        self._best_source = InterruptSource()  # the source of _best's answer (a placeholder until then)
         self.sysreg_readers, self.sysreg_writers = self._sysreg_table()
+        # the same, by name (the Python API's way in)
+        self._readers_by_name = {SYSREG_ENCODINGS[e]: f for e, f in self.sysreg_readers.items()}
+        self._writers_by_name = {SYSREG_ENCODINGS[e]: f for e, f in self.sysreg_writers.items()}
         self.reset()
 
     def reset(self) -> None:
@@ -199,17 +210,21 @@ class CpuInterface:
             return IDLE_PRIORITY
         return ((active & -active).bit_length() - 1) << (8 - self.pre_bits)
 
-    def _best(self, group: int) -> tuple[int, int, InterruptSource] | None:
+    def _best(self, group: int) -> tuple[int, int] | None:
+        """(priority, INTID) of the best pending interrupt of ``group`` over the sources,
+        ties to the lowest INTID; its source is left in ``_best_source`` (no 3-tuple to
+        build on the MSI path; the lock is held)."""
         best: tuple[int, int] | None = None
-        best_src = None
         for src in self.sources:
             cand = src.highest_pending(group)
             if cand is not None and (best is None or cand < best):
-                best, best_src = cand, src
-        return None if best is None or best_src is None else (best[0], best[1], best_src)
+                best = cand
+                self._best_source = src
+        return best
 
-    def _signalled(self, group: int) -> tuple[int, int, InterruptSource] | None:
-        """The interrupt of ``group`` the CPU would take now, if any (4.8)."""
+    def _signalled(self, group: int) -> tuple[int, int] | None:
+        """The interrupt of ``group`` the CPU would take now, if any (4.8); its source is
+        in ``_best_source``."""
         if not (self.igrpen1 if group else self.igrpen0):
             return None
         best = self._best(group)
@@ -243,70 +258,88 @@ class CpuInterface:
         else changed: the line can only rise, and only if that interrupt is signalled (the
         checks of :meth:`_signalled` are monotonic in priority), so no source is scanned."""
         with self.lock:
-            if group:
-                if self.irq_level or not self.igrpen1:
-                    return
-            elif self.fiq_level or not self.igrpen0:
+            self.pended_locked(priority, group)
+
+    def pended_locked(self, priority: int, group: int = 1) -> None:
+        """:meth:`pended` for callers that already hold :attr:`lock` (a redistributor)."""
+        if group:
+            if self.irq_level or not self.igrpen1:
                 return
-            if priority & self._pri_mask >= self.pmr:
-                return
-            if (self.ap[0] | self.ap[1]) and self.group_priority(priority, group) >= self.running_priority():
-                return
-            if group:
-                self.irq_level = True
-                self.on_irq(True)
-            else:
-                self.fiq_level = True
-                self.on_fiq(True)
+        elif self.fiq_level or not self.igrpen0:
+            return
+        if priority & self._pri_mask >= self.pmr:
+            return
+        if (self.ap[0] | self.ap[1]) and self.group_priority(priority, group) >= self.running_priority():
+            return
+        if group:
+            self.irq_level = True
+            self.on_irq(True)
+        else:
+            self.fiq_level = True
+            self.on_fiq(True)
 
     # -- acknowledge, priority drop, deactivate ----------------------------------------
     def acknowledge(self, group: int = 1) -> int:
         """ICC_IAR<group>_EL1 (12.2.12): the signalled interrupt becomes active, or 1023."""
-        with self.lock:
-            sig = self._signalled(group)
-            if sig is None:
-                return SPURIOUS
-            prio, intid, src = sig
-            src.acknowledge(intid)
-            self.ap[group] |= 1 << (self.group_priority(prio, group) >> (8 - self.pre_bits))
-            if self.log.wants(Kind.ACKNOWLEDGE):
-                self.log.record(Kind.ACKNOWLEDGE, self.source, f"acknowledged INTID {intid} (priority {prio:#x})",
-                                intid=intid, cpu=self.index)  # fmt: skip
-            # What is still pending of this group has a priority no higher than the one just
-            # acknowledged, which is now running: it cannot preempt, the line falls (4.8).
-            # The other group's line can only fall too, and only needs a look if it is up.
-            if group:
-                if self.irq_level:
-                    self.irq_level = False
-                    self.on_irq(False)
-                if self.fiq_level:
-                    self._update_lines()
-            else:
-                if self.fiq_level:
-                    self.fiq_level = False
-                    self.on_fiq(False)
-                if self.irq_level:
-                    self._update_lines()
-            return intid
+        # acquire/release rather than ``with``: on the MSI path, and a ``with`` on a lock
+        # costs about 100 ns more in CPython 3.11 (its __exit__ call builds an argument tuple)
+        self.lock.acquire()
+        try:
+            return self._acknowledge(group)
+        finally:
+            self.lock.release()
+
+    def _acknowledge(self, group: int) -> int:
+        sig = self._signalled(group)
+        if sig is None:
+            return SPURIOUS
+        prio, intid = sig
+        self._best_source.acknowledge(intid)
+        self.ap[group] |= 1 << (self.group_priority(prio, group) >> (8 - self.pre_bits))
+        if self.log.wants(_ACKNOWLEDGE):
+            self.log.record(_ACKNOWLEDGE, self.source, f"acknowledged INTID {intid} (priority {prio:#x})",
+                            intid=intid, cpu=self.index)  # fmt: skip
+        # What is still pending of this group has a priority no higher than the one just
+        # acknowledged, which is now running: it cannot preempt, the line falls (4.8).
+        # The other group's line can only fall too, and only needs a look if it is up.
+        if group:
+            if self.irq_level:
+                self.irq_level = False
+                self.on_irq(False)
+            if self.fiq_level:
+                self._update_lines()
+        else:
+            if self.fiq_level:
+                self.fiq_level = False
+                self.on_fiq(False)
+            if self.irq_level:
+                self._update_lines()
+        return intid
 
     def end_of_interrupt(self, intid: int, group: int = 1) -> None:
         """ICC_EOIR<group>_EL1 (12.2.10): priority drop, and deactivation when EOImode=0."""
         intid &= 0xFFFFFF
         if 1020 <= intid <= 1023:
             return
-        with self.lock:
-            ap = self.ap[group]
-            if not ap:
-                self.log.record(Kind.DIAGNOSTIC, self.source,
-                                f"EOI of INTID {intid} with no active priority: UNPREDICTABLE, ignored",
-                                intid=intid, cpu=self.index, rule="IHI0069 12.2.10")  # fmt: skip
-                return
-            self.ap[group] = ap & (ap - 1)  # drop the highest active priority
-            if self.log.wants(Kind.EOI):
-                self.log.record(Kind.EOI, self.source, f"EOI INTID {intid}", intid=intid, cpu=self.index)
-            if not self.eoimode:
-                self._deactivate(intid)
-            self._update_lines()
+        self.lock.acquire()  # not ``with``: see acknowledge
+        try:
+            self._end_of_interrupt(intid, group)
+        finally:
+            self.lock.release()
+
+    def _end_of_interrupt(self, intid: int, group: int) -> None:
+        ap = self.ap[group]
+        if not ap:
+            self.log.record(Kind.DIAGNOSTIC, self.source,
+                            f"EOI of INTID {intid} with no active priority: UNPREDICTABLE, ignored",
+                            intid=intid, cpu=self.index, rule="IHI0069 12.2.10")  # fmt: skip
+            return
+        self.ap[group] = ap & (ap - 1)  # drop the highest active priority
+        if self.log.wants(_EOI):
+            self.log.record(_EOI, self.source, f"EOI INTID {intid}", intid=intid, cpu=self.index)
+        if not self.eoimode and intid < 8192:  # LPIs have no active state
+            self._deactivate(intid)
+        self._update_lines()
 
     def deactivate(self, intid: int) -> None:
         """ICC_DIR_EL1 (12.2.8): ignored when EOImode=0."""
@@ -342,8 +375,8 @@ class CpuInterface:
         :meth:`read_sysreg` / :meth:`write_sysreg`."""
         enc = SYSREG_BY_NAME
         readers: dict[Encoding, Callable[[], int]] = {
-            enc["ICC_IAR1_EL1"]: functools.partial(self.acknowledge, 1),
-            enc["ICC_IAR0_EL1"]: functools.partial(self.acknowledge, 0),
+            enc["ICC_IAR1_EL1"]: self._read_iar1,
+            enc["ICC_IAR0_EL1"]: self._read_iar0,
             enc["ICC_HPPIR1_EL1"]: functools.partial(self.highest_pending, 1),
             enc["ICC_HPPIR0_EL1"]: functools.partial(self.highest_pending, 0),
             enc["ICC_RPR_EL1"]: self.running_priority,
@@ -360,8 +393,8 @@ class CpuInterface:
             enc["ICC_SGI1R_EL1"]: functools.partial(self._send_sgi, 1),
             enc["ICC_ASGI1R_EL1"]: functools.partial(self._send_sgi, 1),
             enc["ICC_SGI0R_EL1"]: functools.partial(self._send_sgi, 0),
-            enc["ICC_EOIR1_EL1"]: functools.partial(self._eoi, group=1),
-            enc["ICC_EOIR0_EL1"]: functools.partial(self._eoi, group=0),
+            enc["ICC_EOIR1_EL1"]: self._write_eoir1,
+            enc["ICC_EOIR0_EL1"]: self._write_eoir0,
             enc["ICC_DIR_EL1"]: self.deactivate,
             enc["ICC_PMR_EL1"]: self._write_pmr,
             enc["ICC_BPR0_EL1"]: self._write_bpr0,
@@ -379,16 +412,30 @@ class CpuInterface:
 
     def read_sysreg(self, reg: str | Encoding) -> int:
         """An MRS of an ICC_* register, by name or (op0, op1, CRn, CRm, op2) encoding."""
-        read = self.sysreg_readers.get(SYSREG_BY_NAME[reg] if isinstance(reg, str) else reg)
+        read = self._readers_by_name.get(reg) if isinstance(reg, str) else self.sysreg_readers.get(reg)
         return read() if read is not None else self._wrong_way(str(reg), "read of unknown", 0)
 
     def write_sysreg(self, reg: str | Encoding, value: int) -> None:
         """An MSR to an ICC_* register, by name or encoding."""
-        write = self.sysreg_writers.get(SYSREG_BY_NAME[reg] if isinstance(reg, str) else reg)
+        write = self._writers_by_name.get(reg) if isinstance(reg, str) else self.sysreg_writers.get(reg)
         if write is not None:
-            write(value & 0xFFFF_FFFF_FFFF_FFFF)
+            write(value if value >= 0 and not value >> 64 else value & 0xFFFF_FFFF_FFFF_FFFF)
         else:
             self._wrong_way(str(reg), "write of unknown", value)
+
+    # The acknowledge and EOI registers as bound methods: the MSI path's calls (a partial
+    # with a keyword argument would copy its keywords on every call)
+    def _read_iar1(self) -> int:
+        return self.acknowledge(1)
+
+    def _read_iar0(self) -> int:
+        return self.acknowledge(0)
+
+    def _write_eoir1(self, value: int) -> None:
+        self.end_of_interrupt(value, 1)
+
+    def _write_eoir0(self, value: int) -> None:
+        self.end_of_interrupt(value, 0)
 
     def _wrong_way(self, name: str, what: str, value: int = 0) -> int:
         self.log.record(Kind.DIAGNOSTIC, self.source, f"{what} {name}: {'RAZ' if 'read' in what else 'ignored'}",
@@ -415,9 +462,6 @@ class CpuInterface:
         # Outside this CPU's lock: raising an SGI takes the target redistributors' locks,
         # and two CPUs signalling each other at once must not hold one lock each (ABBA).
         self.on_sgi(self.index, value, group)
-
-    def _eoi(self, value: int, group: int) -> None:
-        self.end_of_interrupt(value, group)  # updates the lines itself when it changes anything
 
     def _write_pmr(self, value: int) -> None:
         with self.lock:

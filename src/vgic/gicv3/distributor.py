@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from vgic.checks import FieldError, at, mapping, only, req
 from vgic.events import EventLog
 from vgic.gicv3.banked import InterruptBank, InterruptBankState, bitmap_handlers
+from vgic.gicv3.cpu_interface import InterruptSource
 from vgic.regs import Access, Register, RegisterBank, RegisterBankState, id_registers
 
 GICD_FRAME_SIZE = 0x10000
@@ -211,7 +212,7 @@ class Distributor:
             self.on_change()
 
 
-class SpiView:
+class SpiView(InterruptSource):
     """The SPIs routed to one CPU, as an InterruptSource of its CPU interface."""
 
     def __init__(self, dist: Distributor, cpu: int) -> None:

@@ -38,15 +38,17 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Final
 
 from vgic.checks import FieldError, at, boolean, distinct, exactly, items, mapping, only, req, text, uint
 from vgic.events import EventLog, Kind
 from vgic.gicv3.attributes import sanitise_attributes
+from vgic.gicv3.cpu_interface import InterruptSource
 from vgic.memory import GuestMemory, MemoryFault
 from vgic.regs import Access, Register, RegisterBank, RegisterBankState, field, id_registers
 
-LPI_BASE = 8192
+LPI_BASE: Final = 8192
+_LPI_PENDING: Final = Kind.LPI_PENDING  # bound once, for the MSI path
 RD_FRAME_SIZE = 0x20000  # RD_base frame + SGI_base frame (GICv3)
 SGI_FRAME_OFFSET = 0x10000
 
@@ -70,6 +72,7 @@ WAKER_CHILDREN_ASLEEP = 1 << 2
 # PA[51:12], Shareability, InnerCache, IDbits; PENDBASER PTZ, OuterCache, PA[51:16],
 # Shareability, InnerCache.
 PROPBASER_MASK = 0x070F_FFFF_FFFF_FF9F
+PROPBASER_ADDRESS = 0x000F_FFFF_FFFF_F000  # Physical_Address, bits [51:12]
 PENDBASER_MASK = 0x470F_FFFF_FFFF_0F80
 PENDBASER_PTZ = 1 << 62
 
@@ -343,15 +346,16 @@ class RedistributorState:
         return cls(regs, enable, limit, pending, MappingProxyType(cache), table_bits, tuple(jobs), next_job)
 
 
-def _text(why: str | Callable[[], str]) -> str:
-    return why if isinstance(why, str) else why()
+def _origin(why: str, device_id: int, event_id: int) -> str:
+    """Where a pending LPI came from, for the log: an MSI's IDs, or the caller's text."""
+    return f"(MSI {device_id:#x}/{event_id})" if device_id >= 0 else why
 
 
 def _priority(config: int) -> int:
     return config & 0xFC
 
 
-class Redistributor:
+class Redistributor(InterruptSource):
     """A CPU's redistributor. All state is guarded by :attr:`lock` (see vgic.its.its)."""
 
     def __init__(
@@ -397,6 +401,9 @@ class Redistributor:
         self._priorities: list[int] = []  # the priorities with a level, sorted
         self._table_bits: set[int] = set()  # INTIDs whose bit was set in the pending table
         self._lpi_limit = 0  # one past the largest valid LPI INTID while enabled
+        # GICR_PROPBASER's table address, as of EnableLPIs=1 (it cannot change while LPIs
+        # are enabled, and only then are configurations read: 12.11.29)
+        self._prop_table = 0
         self._jobs: deque[LpiJob] = deque()  # deferred LPI-wide work, oldest first
         self._trash: list[list[Any] | dict[Any, Any] | set[Any]] = []  # freed a chunk a unit
         self._next_job = 1
@@ -432,6 +439,7 @@ class Redistributor:
             self.regs.load_state(state.regs)
             self._enable_lpis = state.enable_lpis
             self._lpi_limit = state.lpi_limit
+            self._prop_table = self.regs.get("PROPBASER") & PROPBASER_ADDRESS
             self._pending = set(state.pending)
             self._config = dict(state.config)
             self._table_bits = set(state.table_bits)
@@ -553,6 +561,7 @@ class Redistributor:
         prop = self.regs.get("PROPBASER")
         idbits = min(field(prop, 4, 0) + 1, self.config.lpi_id_bits)
         self._lpi_limit = lpi_limit(prop, self.config.lpi_id_bits)
+        self._prop_table = prop & PROPBASER_ADDRESS
         if not self._lpi_limit:
             self._diag(f"GICR_PROPBASER.IDbits gives {idbits} ID bits, fewer than 14: no LPI is in range",
                        "IHI0069 12.11.29")  # fmt: skip
@@ -724,30 +733,42 @@ class Redistributor:
         return 1
 
     # -- LPI pending state -----------------------------------------------------------
-    def set_lpi_pending(self, intid: int, why: str | Callable[[], str] = "") -> bool:
-        """Make an LPI pending. Returns False when the architecture says it is ignored.
-
-        ``why`` says where it came from, for the log; a callable is only called when a
-        record is made (the MSI hot path need not format it)."""
+    def set_lpi_pending(self, intid: int, why: str = "") -> bool:
+        """Make an LPI pending. Returns False when the architecture says it is ignored;
+        ``why`` says where it came from, for the log."""
         with self.lock:
-            if not self._enable_lpis:
-                self.log.record(Kind.LPI_DROPPED, self.source, f"LPI {intid} ignored: EnableLPIs=0 {_text(why)}",
-                                intid=intid, cpu=self.index, rule="IHI0069 5.1")  # fmt: skip
-                return False
-            if not LPI_BASE <= intid < self._lpi_limit:
-                self.log.record(Kind.LPI_DROPPED, self.source,
-                                f"LPI {intid} ignored: outside the range GICR_PROPBASER.IDbits allows {_text(why)}",
-                                intid=intid, cpu=self.index, rule="IHI0069 5.1.1")  # fmt: skip
-                return False
-            if intid in self._pending:
-                return True
-            cfg = self._make_pending(intid)
-            if self.log.wants(Kind.LPI_PENDING):
-                self.log.record(Kind.LPI_PENDING, self.source, f"LPI {intid} pending {_text(why)}".rstrip(),
-                                intid=intid, cpu=self.index)  # fmt: skip
-            if cfg & 1:  # a disabled LPI changes nothing the CPU interface sees
-                self.on_pend(cfg & 0xFC)
+            return self._set_pending(intid, why, -1, 0)
+
+    def pend_msi(self, intid: int, device_id: int, event_id: int) -> bool:
+        """:meth:`set_lpi_pending` for a translated MSI, named "(MSI device/event)" in the
+        log; nothing is formatted unless a record is made (the MSI path)."""
+        self.lock.acquire()  # not ``with``: see CpuInterface.acknowledge
+        try:
+            return self._set_pending(intid, "", device_id, event_id)
+        finally:
+            self.lock.release()
+
+    def _set_pending(self, intid: int, why: str, device_id: int, event_id: int) -> bool:
+        if not self._enable_lpis:
+            self.log.record(Kind.LPI_DROPPED, self.source,
+                            f"LPI {intid} ignored: EnableLPIs=0 {_origin(why, device_id, event_id)}",
+                            intid=intid, cpu=self.index, rule="IHI0069 5.1")  # fmt: skip
+            return False
+        if not LPI_BASE <= intid < self._lpi_limit:
+            self.log.record(Kind.LPI_DROPPED, self.source,
+                            f"LPI {intid} ignored: outside the range GICR_PROPBASER.IDbits allows "
+                            f"{_origin(why, device_id, event_id)}",
+                            intid=intid, cpu=self.index, rule="IHI0069 5.1.1")  # fmt: skip
+            return False
+        if intid in self._pending:
             return True
+        cfg = self._make_pending(intid)
+        if self.log.wants(_LPI_PENDING):
+            self.log.record(_LPI_PENDING, self.source, f"LPI {intid} pending {_origin(why, device_id, event_id)}".rstrip(),
+                            intid=intid, cpu=self.index)  # fmt: skip
+        if cfg & 1:  # a disabled LPI changes nothing the CPU interface sees
+            self.on_pend(cfg & 0xFC)
+        return True
 
     def _make_pending(self, intid: int) -> int:
         """Pending, with its configuration read and cached; returns that configuration byte."""
@@ -759,14 +780,20 @@ class Redistributor:
         return cfg
 
     def _rank(self, intid: int, cfg: int) -> None:
-        """Put a pending, enabled LPI in its priority level (kept sorted by INTID)."""
+        """Put a pending, enabled LPI in its priority level (kept sorted by INTID). A level,
+        once made, stays (64 priorities at most), so an LPI pended and acknowledged in turn
+        does not build and drop one each time; ``_priorities`` lists the non-empty ones."""
         if not cfg & 1:
             return
         prio = cfg & 0xFC
         level = self._levels.get(prio)
         if level is None:
             level = self._levels[prio] = SortedIds()
-            insort(self._priorities, prio)
+        if not level:
+            if self._priorities:
+                insort(self._priorities, prio)
+            else:
+                self._priorities.append(prio)
         level.add(intid)
 
     def _unrank(self, intid: int, cfg: int) -> None:
@@ -777,13 +804,11 @@ class Redistributor:
         level = self._levels[prio]
         level.remove(intid)
         if not level:
-            del self._levels[prio]
             del self._priorities[bisect_left(self._priorities, prio)]
 
     def _read_config(self, intid: int) -> int:
-        prop = self.regs.get("PROPBASER") & 0x000F_FFFF_FFFF_F000
         try:
-            return self.memory.read8(prop + intid - LPI_BASE)
+            return self.memory.read8(self._prop_table + intid - LPI_BASE)
         except MemoryFault as fault:
             self._diag(f"LPI {intid} configuration read faulted ({fault}); treated as disabled",
                        "IHI0069 5.1.1")  # fmt: skip
@@ -891,19 +916,30 @@ class Redistributor:
         prio = self._priorities[0]
         return prio, self._levels[prio].first()
 
-    def acknowledge_lpi(self, intid: int) -> None:
-        """An acknowledged LPI stops being pending; LPIs have no active state (5.1)."""
+    def acknowledge(self, intid: int) -> None:
+        """An acknowledged LPI stops being pending; LPIs have no active state (5.1). The
+        CPU interface calls it holding the lock this redistributor shares with it."""
         self._pending.discard(intid)
-        cfg = self._config.pop(intid, None)
-        if cfg is not None:
-            self._unrank(intid, cfg)
+        cfg = self._config.get(intid)
+        if cfg is None:
+            return
+        del self._config[intid]
+        if cfg & 1:
+            level = self._levels[cfg & 0xFC]  # _unrank, inline for the MSI path
+            level.remove(intid)
+            if not level:
+                priorities = self._priorities
+                if len(priorities) == 1:
+                    priorities.clear()
+                else:
+                    del priorities[bisect_left(priorities, cfg & 0xFC)]
 
     # InterruptSource for the CPU interface: LPIs are always Group 1 (5.1).
     def highest_pending(self, group: int) -> tuple[int, int] | None:
-        return self.highest_pending_lpi() if group == 1 else None
-
-    def acknowledge(self, intid: int) -> None:
-        self.acknowledge_lpi(intid)
+        priorities = self._priorities  # highest_pending_lpi, inline: the CPU interface's scan
+        if group != 1 or not priorities:
+            return None
+        return priorities[0], self._levels[priorities[0]].first()
 
     def deactivate(self, intid: int) -> bool:
         return False

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from vgic.checks import FieldError, at, mapping, only, req
 from vgic.gicv3.banked import InterruptBank, InterruptBankState, bitmap_handlers
+from vgic.gicv3.cpu_interface import InterruptSource
 from vgic.gicv3.redistributor import Redistributor
 from vgic.regs import Access, Register, RegisterBank, RegisterBankState
 
@@ -59,7 +60,7 @@ class SgiFrameState:
         return cls(regs, bank)
 
 
-class SgiFrame:
+class SgiFrame(InterruptSource):
     """The SGI_base frame and the SGI/PPI state of one CPU; an InterruptSource."""
 
     def __init__(self, rd: Redistributor, group_enabled: Callable[[int], bool]) -> None:

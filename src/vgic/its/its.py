@@ -41,7 +41,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 from vgic.events import EventLog, Kind
 from vgic.gicv3.attributes import sanitise_attributes
@@ -66,6 +66,7 @@ from vgic.regs import field as bits
 
 ACCESS_UNITS = 8  # commands (or job units) one guest access may run
 VERIFY_AT_DISABLE = 256  # cached entries compared with memory when the ITS is disabled
+_TRANSLATION: Final = Kind.TRANSLATION  # bound once, for the MSI path
 
 Ticket = tuple[Redistributor, int]  # a redistributor job a command waits for
 
@@ -490,8 +491,11 @@ class Its:
     def translate(self, device_id: int, event_id: int) -> bool:
         """A device's write of ``event_id`` to GITS_TRANSLATER, with its DeviceID: the
         translation of 5.2.2. True if an LPI was set pending."""
-        with self.lock:
+        self.lock.acquire()  # not ``with``: see CpuInterface.acknowledge
+        try:
             return self._translate(device_id, event_id)
+        finally:
+            self.lock.release()
 
     def _translate(self, device_id: int, event_id: int) -> bool:
         if not self._enabled:
@@ -508,16 +512,16 @@ class Its:
         except MemoryFault as fault:
             self._fault(device_id, event_id, f"table access faulted: {fault}")
             return False
-        if self.log.wants(Kind.TRANSLATION):
-            self.log.record(Kind.TRANSLATION, self.source,
+        if self.log.wants(_TRANSLATION):
+            self.log.record(_TRANSLATION, self.source,
                             f"MSI DeviceID={device_id:#x} EventID={event_id} -> LPI {ite.pintid} on CPU {rd.index}",
                             device_id=device_id, event_id=event_id, intid=ite.pintid, cpu=rd.index)  # fmt: skip
-        if rd.index in self._unsynced:
+        if self._unsynced and rd.index in self._unsynced:
             self._unsynced.discard(rd.index)
             self._diag(f"MSI DeviceID={device_id:#x} EventID={event_id} reaches CPU {rd.index} after mapping "
                        f"commands with no SYNC for its redistributor since: delivery is not guaranteed to see "
                        f"them", "IHI0069 6.3.13")  # fmt: skip
-        return rd.set_lpi_pending(ite.pintid, lambda: f"(MSI {device_id:#x}/{event_id})")
+        return rd.pend_msi(ite.pintid, device_id, event_id)
 
     def _fault(self, device_id: int, event_id: int, why: str) -> None:
         self.log.record(Kind.TRANSLATION_FAULT, self.source,
