@@ -93,8 +93,10 @@ def _report_listener_failure(listener: Listener, error: Exception) -> None:
 class EventLog:
     """A bounded log of :class:`Event` records with per-kind counters.
 
-    ``capacity`` bounds the records kept; ``keep`` limits which kinds are stored at all
-    (counters still count every kind). Hot-path kinds can be left out to save time.
+    ``capacity`` bounds the records kept; ``keep`` limits which kinds are stored at all.
+    Counters count every record made; the hot paths (translations, LPIs pending,
+    acknowledges, EOIs) make none for a kind that is neither kept nor listened for
+    (:meth:`wants`), so leaving those kinds out saves their cost and their counts.
     """
 
     def __init__(self, capacity: int = 65536, keep: frozenset[Kind] = frozenset(Kind)) -> None:
@@ -114,10 +116,10 @@ class EventLog:
 
     @classmethod
     def quiet(cls, capacity: int = 65536) -> EventLog:
-        """A log that stores errors, diagnostics and state changes but only counts the
-        per-interrupt kinds (translations, LPIs pending, acknowledges, EOIs): the fast
-        configuration, and one where MSI traffic cannot push errors out of the ring.
-        Listeners (a tracer) still see every event."""
+        """A log that stores errors, diagnostics and state changes but not the
+        per-interrupt kinds (translations, LPIs pending, acknowledges, EOIs), which are then
+        not counted either: the fast configuration, and one where MSI traffic cannot push
+        errors out of the ring. Listeners (a tracer) still see every event."""
         return cls(capacity=capacity, keep=frozenset(Kind) - HOT_KINDS)
 
     def wants(self, kind: Kind) -> bool:
