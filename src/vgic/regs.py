@@ -28,6 +28,7 @@ import enum
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Final
 
 from vgic.checks import FieldError, at, exactly, mapping, uint
 from vgic.events import EventLog, Kind
@@ -38,6 +39,12 @@ class Access(enum.Enum):
     RO = "RO"
     WO = "WO"
     RAZ_WI = "RAZ/WI"
+
+
+# Bound once for the access paths: an Enum member looked up on its class costs ~75 ns.
+_RO: Final = Access.RO
+_WO: Final = Access.WO
+_RAZ_WI: Final = Access.RAZ_WI
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,11 +202,11 @@ class RegisterBank:
         return self._value(r, index)
 
     def _value(self, r: Register, index: int) -> int:
-        if r.access is Access.RAZ_WI or r.access is Access.WO:
-            return 0
-        reader = self._readers[r.name]
+        reader = self._readers[r.name]  # bound only to readable registers (__init__)
         if reader is not None:
             return reader(index)
+        if r.access is _RAZ_WI or r.access is _WO:
+            return 0
         return self.values[r.name][index]
 
     # -- MMIO ------------------------------------------------------------------------
@@ -267,14 +274,14 @@ class RegisterBank:
         self._diag(f"unsupported {size}-byte write at {offset:#x}: ignored", offset)
 
     def _store(self, r: Register, index: int, value: int, mask: int, offset: int) -> None:
-        if r.access is Access.RO:
-            self._diag(f"write to read-only register {r.name}: ignored", offset)
-            return
-        if r.access is Access.RAZ_WI:
-            return
-        writer = self._writers[r.name]
+        writer = self._writers[r.name]  # bound only to writable registers (__init__)
         if writer is not None:
             writer(index, value, mask)
+            return
+        if r.access is _RO:
+            self._diag(f"write to read-only register {r.name}: ignored", offset)
+            return
+        if r.access is _RAZ_WI:
             return
         m = mask & r.wmask
         old = self.values[r.name][index]

@@ -139,12 +139,19 @@ class Distributor:
                 self._route(intid, 0 if v >> 31 & 1 else self.affinity_to_cpu.get(aff, -1))
 
     def read(self, offset: int, size: int) -> int:
-        with self.lock:
+        # acquire/release, not ``with``: a guest access path (see CpuInterface.acknowledge)
+        self.lock.acquire()
+        try:
             return self.regs.read(offset, size)
+        finally:
+            self.lock.release()
 
     def write(self, offset: int, size: int, value: int) -> None:
-        with self.lock:
+        self.lock.acquire()
+        try:
             self.regs.write(offset, size, value)
+        finally:
+            self.lock.release()
         self.on_change()
 
     def read_IIDR(self, index: int) -> int:

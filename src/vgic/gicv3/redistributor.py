@@ -452,12 +452,18 @@ class Redistributor(InterruptSource):
     # -- MMIO ------------------------------------------------------------------------
     def read(self, offset: int, size: int) -> int:
         """A load from the RD_base frame (the SGI_base frame is :class:`vgic.gicv3.sgi.SgiFrame`)."""
-        with self.lock:
+        self.lock.acquire()  # not ``with``: see CpuInterface.acknowledge
+        try:
             return self.regs.read(offset, size)
+        finally:
+            self.lock.release()
 
     def write(self, offset: int, size: int, value: int) -> None:
-        with self.lock:
+        self.lock.acquire()
+        try:
             self.regs.write(offset, size, value)
+        finally:
+            self.lock.release()
 
     def read_CTLR(self, index: int) -> int:
         """EnableLPIs[0]; CES[1] when it can be cleared; IR[2] with the direct registers;

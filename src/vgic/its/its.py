@@ -282,17 +282,23 @@ class Its:
     # == registers (12.19) ============================================================
     def read(self, offset: int, size: int) -> int:
         """A guest load from the ITS frames; never raises."""
-        with self.lock:
+        self.lock.acquire()  # not ``with``: see CpuInterface.acknowledge
+        try:
             return self.regs.read(offset, size)
+        finally:
+            self.lock.release()
 
     def write(self, offset: int, size: int, value: int, requester_id: int | None = None) -> None:
         """A store to the ITS frames; never raises. ``requester_id`` is the DeviceID a bus
         gives a write to GITS_TRANSLATER (a PCIe requester ID, as QEMU's
         ``attrs.requester_id``); a CPU store has none and gets ``default_device_id``."""
-        with self.lock:
+        self.lock.acquire()
+        try:
             self._requester = requester_id
             self.regs.write(offset, size, value)
+        finally:
             self._requester = None
+            self.lock.release()
 
     def work(self, units: int = ACCESS_UNITS) -> int:
         """Run queued commands (and the jobs they wait for), at most ``units`` units;
