@@ -14,9 +14,10 @@ default (timed) engine, its deterministic mode, and QEMU; Linux NVMe rows are De
 kernel reading an NVMe disk with 4 KiB direct I/O on 4 CPUs, timed inside the guest.
 The last lines give the vgic/QEMU ratios (``n/a`` without QEMU or the guest).
 
-The model's MSI rows are measured twice: with the pure-Python package and with the
-optional mypyc build of the hot path (scripts/build_compiled.py, rows marked ``[mypyc]``),
-which this run builds when it can (a C compiler and the Python headers).
+The model's MSI rows and the end-to-end guest rows are measured twice: with the
+pure-Python package and with the optional mypyc build of the hot path
+(scripts/build_compiled.py, rows marked ``[mypyc]``; ``vgic run`` picks it up from
+``PYTHONPATH``), which this run builds when it can (a C compiler and the Python headers).
 ``--compiled`` runs everything against that build.
 """
 
@@ -331,9 +332,9 @@ VGIC = [sys.executable, "-m", "vgic.cli"]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
 
 
-def run_guest(cmd: list[str], timeout: float) -> tuple[str, float]:
+def run_guest(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> tuple[str, float]:
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=ENV)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=env or ENV)
     out = p.stdout.replace("\r", "")
     if "PASS" not in out.splitlines()[-1:] and not out.rstrip().endswith("PASS"):
         raise RuntimeError(f"{' '.join(cmd)} did not PASS:\n{out[-2000:]}\n{p.stderr[-2000:]}")
@@ -344,12 +345,20 @@ def bench_e2e(use_qemu: bool) -> tuple[list[Row], float | None]:
     qemu = shutil.which("qemu-system-aarch64") if use_qemu else None
     ours: dict[tuple[str, int], float] = {}
     theirs: dict[tuple[str, int], float] = {}
+    compiled: dict[tuple[str, int], float] = {}
+    built = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "build_compiled.py")], capture_output=True
+    ).returncode
+    compiled_env = {**ENV, "PYTHONPATH": os.pathsep.join([str(COMPILED), ENV["PYTHONPATH"]])}
     for guest in ("bench_msi_14", "bench_msi"):
         elf = GUESTS / f"{guest}.elf"
         if not elf.exists():
             raise SystemExit(f"no {elf}: run make -C guests")
         out, _ = run_guest([*VGIC, "run", "--timeout", "600", str(elf)], 660)
         ours.update(parse(out))
+        if built == 0:  # the same guest with the model's mypyc build (vgic run uses it from PYTHONPATH)
+            out, _ = run_guest([*VGIC, "run", "--timeout", "600", str(elf)], 660, env=compiled_env)
+            compiled.update(parse(out))
         if qemu:
             out, _ = run_guest([qemu, *QEMU_CMD, "-kernel", str(elf)], 300)
             theirs.update(parse(out))
@@ -364,6 +373,11 @@ def bench_e2e(use_qemu: bool) -> tuple[list[Row], float | None]:
         for name, label in labels.items():
             rows.append(Row("e2e", f"{label}, {idbits} ID bits", ours.get((name, idbits)), "ns",
                             theirs.get((name, idbits))))  # fmt: skip
+    for idbits in (14, 16):
+        for name, label in labels.items():
+            if (name, idbits) in compiled:
+                rows.append(Row("e2e", f"[mypyc] {label}, {idbits} ID bits", compiled[(name, idbits)], "ns",
+                                theirs.get((name, idbits))))  # fmt: skip
     ratio = None
     if ("msi", 16) in theirs and ("msi", 16) in ours:
         ratio = ours[("msi", 16)] / theirs[("msi", 16)]
