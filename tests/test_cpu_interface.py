@@ -433,3 +433,19 @@ def test_reset_returns_to_architected_state() -> None:
     assert c.mrs("ICC_PMR_EL1") == 0 and c.mrs("ICC_RPR_EL1") == 0xFF
     assert c.mrs("ICC_CTLR_EL1") & 3 == 0 and c.mrs("ICC_IGRPEN1_EL1") == 0
     assert c.mrs("ICC_BPR1_EL1") == 3
+
+
+def test_an_unknown_name_is_a_host_error_an_unknown_encoding_a_guest_diagnostic() -> None:
+    """Names are the host's way in (a typo raises); encodings are what a guest's MRS/MSR
+    carries, so an encoding that is no ICC_* register reads as zero with a diagnostic."""
+    c = Cpu()
+    with pytest.raises(KeyError):
+        c.ci.read_sysreg("ICC_IAR1")
+    with pytest.raises(KeyError):
+        c.ci.write_sysreg("ICC_EOIR1", 0)
+    bogus = (3, 0, 12, 15, 7)
+    assert bogus not in SYSREG_ENCODINGS
+    assert c.ci.read_sysreg(bogus) == 0
+    c.ci.write_sysreg(bogus, 1)
+    diags = [e.message for e in c.log.of(Kind.DIAGNOSTIC)]
+    assert any("read of unknown" in m for m in diags) and any("write of unknown" in m for m in diags)

@@ -412,12 +412,13 @@ class CpuInterface:
 
     def read_sysreg(self, reg: str | Encoding) -> int:
         """An MRS of an ICC_* register, by name or (op0, op1, CRn, CRm, op2) encoding."""
-        read = self._readers_by_name.get(reg) if isinstance(reg, str) else self.sysreg_readers.get(reg)
+        # an unknown name is the host's mistake (KeyError); an unknown encoding, the guest's
+        read = self._readers_by_name[reg] if isinstance(reg, str) else self.sysreg_readers.get(reg)
         return read() if read is not None else self._wrong_way(str(reg), "read of unknown", 0)
 
     def write_sysreg(self, reg: str | Encoding, value: int) -> None:
         """An MSR to an ICC_* register, by name or encoding."""
-        write = self._writers_by_name.get(reg) if isinstance(reg, str) else self.sysreg_writers.get(reg)
+        write = self._writers_by_name[reg] if isinstance(reg, str) else self.sysreg_writers.get(reg)
         if write is not None:
             write(value if value >= 0 and not value >> 64 else value & 0xFFFF_FFFF_FFFF_FFFF)
         else:
