@@ -57,7 +57,7 @@ from reference_model import LPI_BASE, SPURIOUS, RefGic  # noqa: E402
 from vgic.driver import Allocator, ItsDriver  # noqa: E402
 from vgic.events import EventLog, Kind  # noqa: E402
 from vgic.gic import VIRT_GICD_BASE, VIRT_GICR_BASE, VIRT_ITS_BASE, Gic, GicConfig  # noqa: E402
-from vgic.gicv3.redistributor import RD_FRAME_SIZE, RedistributorConfig  # noqa: E402
+from vgic.gicv3.redistributor import CHUNK_SHIFT, RD_FRAME_SIZE, RedistributorConfig  # noqa: E402
 from vgic.its import commands as C  # noqa: E402
 from vgic.its.config import ErrorPolicy, ItsConfig  # noqa: E402
 from vgic.its.registers import ItsTyper  # noqa: E402
@@ -503,11 +503,14 @@ class Harness:
     # == invariants =====================================================================
     def check_structure(self) -> None:
         for rd in self.gic.redistributors:
-            pending = rd._pending
-            if set(rd._config) != pending:
-                raise Violation(f"{rd.source}: configuration cache {sorted(rd._config)} != pending {sorted(pending)}")
+            state = rd.save_state()
+            pending, config = state.pending, state.config
+            if rd._count != len(pending) or any(len(c) > 1 << CHUNK_SHIFT for c in rd._lpis.values()):
+                raise Violation(f"{rd.source}: pending count {rd._count} != {len(pending)}, or a chunk too large")
+            if any(i >> CHUNK_SHIFT != k for k, c in rd._lpis.items() for i in c):
+                raise Violation(f"{rd.source}: an LPI is kept in another INTID's chunk")
             ranked = [i for level in rd._levels.values() for i in level]
-            if sorted(ranked) != sorted(i for i in pending if rd._config[i] & 1) or len(ranked) != len(set(ranked)):
+            if sorted(ranked) != sorted(i for i in pending if config[i] & 1) or len(ranked) != len(set(ranked)):
                 raise Violation(f"{rd.source}: priority levels {sorted(ranked)} != pending enabled LPIs")
             if any(list(level) != sorted(level) for level in rd._levels.values()):
                 raise Violation(f"{rd.source}: a priority level is out of order")
@@ -517,7 +520,7 @@ class Harness:
                 raise Violation(f"{rd.source}: LPIs pending with EnableLPIs=0")
             if any(not LPI_BASE <= i < rd._lpi_limit for i in pending):
                 raise Violation(f"{rd.source}: pending LPI outside [8192, {rd._lpi_limit})")
-            if len(rd._table_bits) > 1 << rd.config.lpi_id_bits:
+            if len(state.table_bits) > 1 << rd.config.lpi_id_bits:
                 raise Violation(f"{rd.source}: pending-table shadow larger than the LPI space")
         if len(self.log.events) > self.log.capacity:
             raise Violation("event log grew beyond its capacity")

@@ -6,7 +6,14 @@ import pytest
 
 from vgic.events import Kind
 from vgic.gic import Gic, GicConfig
-from vgic.gicv3.redistributor import LPI_BASE, RD_FRAME_SIZE, Redistributor, RedistributorConfig
+from vgic.gicv3.redistributor import (
+    ACCESS_UNITS,
+    JOB_CHUNK,
+    LPI_BASE,
+    RD_FRAME_SIZE,
+    Redistributor,
+    RedistributorConfig,
+)
 from vgic.memory import GuestMemory
 
 RAM = 0x4000_0000
@@ -485,3 +492,69 @@ def test_many_pending_lpis_acknowledged_in_order() -> None:
     assert cpu.read_sysreg("ICC_IAR1_EL1") == 1023
     expected = sorted(range(LPI_BASE, LPI_BASE + n), key=lambda i: (((i - LPI_BASE) % 8) << 5, i))
     assert got == expected
+
+
+# -- pending state in chunks: jobs take it a chunk at a time -----------------------------
+
+
+def test_lpis_pended_while_a_movall_runs_are_never_lost_nor_on_both() -> None:
+    """A move visits the pending LPIs a chunk of 1,024 INTIDs at a time (no copy of the
+    whole set at the start); LPIs made pending meanwhile, in visited chunks and in chunks
+    still to come, end up pending on exactly one of the two redistributors."""
+    gic, rd0 = setup(num_cpus=2)
+    rd1 = gic.redistributors[1]
+    for cpu in gic.cpus:
+        cpu.write_sysreg("ICC_IGRPEN1_EL1", 0)  # nobody acknowledges
+    first = set(range(LPI_BASE, LPI_BASE + 5000, 3))
+    for intid in first:
+        rd0.set_lpi_pending(intid)
+    ident = rd0.start_move_all(rd1)
+    # new INTIDs (not among the first), all over the space: in visited chunks and ahead
+    order = [LPI_BASE + 1 + 3 * ((k * 7919) % 4000) for k in range(4000)]
+    late: set[int] = set()
+    step = 0
+    while not rd0.job_done(ident):
+        rd0.work(1)
+        rd0.set_lpi_pending(order[step])
+        late.add(order[step])
+        step += 1
+    assert step > 100 and not late & first  # the move ran over many units
+    on0, on1 = rd0.pending_lpis, rd1.pending_lpis
+    assert not on0 & on1
+    assert on0 | on1 == first | late
+    assert first - late <= on1  # what was pending when it started has moved
+    for rd in (rd0, rd1):  # every pending LPI is ranked and cached
+        assert ranked(rd) == len(rd.pending_lpis)
+        assert all(rd.lpi_config(i) == 0xA3 for i in rd.pending_lpis)
+
+
+def test_a_snapshot_taken_mid_job_lists_what_its_chunks_hold() -> None:
+    """Saved mid-way, a reload, a move and a write-back carry their remaining LPIs as
+    plain INTID lists, and a restored GIC finishes them with the same result."""
+    gic, rd0 = setup(num_cpus=2)
+    rd1 = gic.redistributors[1]
+    for cpu in gic.cpus:
+        cpu.write_sysreg("ICC_IGRPEN1_EL1", 0)
+    for intid in range(LPI_BASE, LPI_BASE + 4000, 2):
+        rd0.set_lpi_pending(intid)
+    ident = rd0.start_move_all(rd1)
+    for _ in range(10):
+        rd0.work(1)
+    state = gic.save_state()
+    (job,) = [j for j in state.redistributors[0].jobs if j.ident == ident]
+    assert not job.chunks and job.intids  # listed, not chunk numbers
+    assert set(job.intids) | rd1.pending_lpis == set(range(LPI_BASE, LPI_BASE + 4000, 2))
+    other = make_gic(2)
+    other.load_state(state)
+    for g in (gic, other):
+        while not g.redistributors[0].job_done(ident):
+            g.redistributors[0].work(64)
+    assert other.redistributors[1].pending_lpis == rd1.pending_lpis == frozenset(range(LPI_BASE, LPI_BASE + 4000, 2))
+    assert not other.redistributors[0].pending_lpis and not rd0.pending_lpis
+    # a write-back: EnableLPIs=0 hands the chunks to the job, which drains them
+    rd1.write(0, 4, 0)
+    saved = gic.save_state().redistributors[1].jobs
+    (wb,) = [j for j in saved if j.kind == "writeback"]
+    # the disabling access already wrote ACCESS_UNITS units of bits; the rest are listed
+    assert not wb.bags_set and set(wb.intids) < set(range(LPI_BASE, LPI_BASE + 4000, 2))
+    assert len(wb.intids) == 2000 - ACCESS_UNITS * JOB_CHUNK
