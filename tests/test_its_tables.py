@@ -31,9 +31,11 @@ from conftest import (
     stalling,
 )
 from vgic.its import commands as C
+from vgic.its.cache import TranslationCache
 from vgic.its.config import ItsConfig
 from vgic.its.errors import ItsError
 from vgic.its.registers import BASER_TYPE_DEVICE, BASER_TYPE_NONE, ItsTyper
+from vgic.its.tables import DeviceEntry, InterruptEntry
 
 PAGES = [(0, 4096), (1, 16384), (2, 65536)]
 PAGE_IDS = ["4K", "16K", "64K"]
@@ -348,3 +350,18 @@ def test_64k_device_table_above_48_bits_of_pa() -> None:
     assert e.mem.read64(high + 5 * 8) >> 63 == 1
     assert e.its.translate(5, 0)
     assert e.drain_all() == {2: [LPI]}
+
+
+def test_an_ite_whose_bytes_are_its_own_devices_dte_leaves_no_index_behind() -> None:
+    """A guest may place an ITT over the device table, so that an ITE's address is its own
+    device's DTE: caching that ITE drops the device (one entry per guest address), and the
+    ITE must then not stay indexed either (the fuzzer found the index left behind: a stale
+    address that pointed at nothing, after which later writes were not seen)."""
+    cache: TranslationCache[int] = TranslationCache(ite_size=8)
+    dte = 0x4000_1000
+    cache.put_device(dte, 7, DeviceEntry(itt_addr=dte, size=1))  # ITE 0 of device 7 is at its DTE
+    cache.put_event(dte, 7, 0, InterruptEntry(pintid=8192, icid=0))
+    assert cache.verify() == []
+    assert 7 not in cache.devices and len(cache) == 0
+    cache.put_device(dte, 7, DeviceEntry(itt_addr=0x4000_2000, size=1))  # the device cached again: no stale alias
+    assert cache.verify() == [] and len(cache) == 1

@@ -90,7 +90,10 @@ class TranslationCache(Generic[T]):
         self._index(address, key)
         dev = self.devices.get(device_id)  # indexing may have dropped everything
         if dev is None:
-            self._unindex(key)
+            # (the ITE's bytes held the device's own DTE, an alias that dropped it) the key
+            # went in at ``address`` and no cached entry says so: take it out by address
+            if self._at.get(address) == key:
+                del self._at[address]
             return
         dev.events[event_id] = ite
 
