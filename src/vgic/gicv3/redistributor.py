@@ -31,6 +31,7 @@ GICR_SYNCR.Busy reads 1, and GICR_CTLR.RWP too for a write-back (12.11.2).
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from bisect import bisect_left, insort
 from collections import deque
@@ -412,7 +413,6 @@ class Redistributor(InterruptSource):
         # in one step, where a set of 57,000 LPIs rehashes for milliseconds as it grows.
         # A chunk, once made, stays until EnableLPIs=0 (no dict built per MSI).
         self._lpis: dict[int, dict[int, int]] = {}
-        self._count = 0  # how many LPIs are pending
         self._levels: dict[int, SortedIds] = {}  # priority -> INTIDs of pending, enabled LPIs
         self._priorities: list[int] = []  # the priorities with a level, sorted
         self._table_bits: dict[int, set[int]] = {}  # INTIDs whose pending-table bit was set, chunked
@@ -453,10 +453,7 @@ class Redistributor(InterruptSource):
         """Take an LPI out of the pending state (not out of its level); its configuration
         byte, or None when it was not pending."""
         chunk = self._lpis.get(intid >> CHUNK_SHIFT)
-        cfg = None if chunk is None else chunk.pop(intid, None)
-        if cfg is not None:
-            self._count -= 1
-        return cfg
+        return None if chunk is None else chunk.pop(intid, None)
 
     # -- save/restore ----------------------------------------------------------------
     def save_state(self) -> RedistributorState:
@@ -469,16 +466,14 @@ class Redistributor(InterruptSource):
 
     def _saved_job(self, job: LpiJob) -> LpiJob:
         """A job as a snapshot holds it: what its chunks and bags stand for, listed."""
-        saved = LpiJob(job.ident, job.kind, list(job.intids), list(job.clear), job.target, job.table, job.cursor,
-                       job.end, job.refused)  # fmt: skip
-        assert isinstance(saved.intids, list) and isinstance(saved.clear, list)
+        intids, clear = list(job.intids), list(job.clear)
         for k in job.chunks:
-            saved.intids.extend(self._lpis.get(k, ()))
+            intids.extend(self._lpis.get(k, ()))
         for bits in job.bags_clear:
-            saved.clear.extend(bits)
+            clear.extend(bits)
         for lpis in job.bags_set:
-            saved.intids.extend(lpis)
-        return saved
+            intids.extend(lpis)
+        return dataclasses.replace(job, intids=intids, clear=clear, chunks=[], bags_clear=[], bags_set=[])
 
     def load_state(self, state: RedistributorState) -> None:
         if set(state.config) != state.pending:
@@ -488,7 +483,7 @@ class Redistributor(InterruptSource):
             self._enable_lpis = state.enable_lpis
             self._lpi_limit = state.lpi_limit
             self._prop_table = self.regs.get("PROPBASER") & PROPBASER_ADDRESS
-            self._lpis, self._count, self._table_bits = {}, len(state.config), {}
+            self._lpis, self._table_bits = {}, {}
             self._levels, self._priorities = {}, []
             for i, c in state.config.items():
                 self._lpis.setdefault(i >> CHUNK_SHIFT, {})[i] = c
@@ -633,13 +628,13 @@ class Redistributor(InterruptSource):
         """The pending LPIs leave delivery at once; their bits are written back by a job."""
         table = self.regs.get("PENDBASER") & 0x000F_FFFF_FFFF_0000
         self._jobs = deque(j for j in self._jobs if j.kind != "scan")  # nothing more to read
-        if self._count or self._table_bits:
+        if any(self._lpis.values()) or self._table_bits:
             # The job takes the chunks (no copy): it clears the bits read at enable, then
             # sets the pending ones, emptying them. The levels are freed a piece at a time.
             self._queue(LpiJob(0, "writeback", table=table, bags_clear=list(self._table_bits.values()),
                                bags_set=list(self._lpis.values())))  # fmt: skip
         self._trash += [b for level in self._levels.values() for b in level.buckets()]
-        self._table_bits, self._lpis, self._count = {}, {}, 0
+        self._table_bits, self._lpis = {}, {}
         self._levels, self._priorities = {}, []
         self._enable_lpis = False
 
@@ -841,8 +836,7 @@ class Redistributor(InterruptSource):
                             f"{_origin(why, device_id, event_id)}",
                             intid=intid, cpu=self.index, rule="IHI0069 5.1.1")  # fmt: skip
             return False
-        chunk = self._lpis.get(intid >> CHUNK_SHIFT)  # _is_pending, inline: the MSI path
-        if chunk is not None and intid in chunk:
+        if self._is_pending(intid):
             return True
         cfg = self._make_pending(intid)
         if self.log.wants(_LPI_PENDING):
@@ -860,7 +854,6 @@ class Redistributor(InterruptSource):
             chunk = self._lpis[intid >> CHUNK_SHIFT] = {}
         cfg = self._read_config(intid)
         chunk[intid] = cfg
-        self._count += 1
         if cfg & 1:
             self._rank(intid, cfg)
         return cfg
@@ -876,10 +869,7 @@ class Redistributor(InterruptSource):
         if level is None:
             level = self._levels[prio] = SortedIds()
         if not level:
-            if self._priorities:
-                insort(self._priorities, prio)
-            else:
-                self._priorities.append(prio)
+            insort(self._priorities, prio)
         level.add(intid)
 
     def _unrank(self, intid: int, cfg: int) -> None:
@@ -980,13 +970,14 @@ class Redistributor(InterruptSource):
         with first.lock, second.lock:
             moved = refused = 0
             for intid in intids:
-                if not self._is_pending(intid):
+                cfg = self.lpi_config(intid)
+                if cfg is None:  # no longer pending here
                     continue
                 if not other.accepts(intid):
                     refused += 1
                     continue
-                cfg = self._forget(intid)
-                self._unrank(intid, cfg or 0)  # it was pending: cfg is its byte
+                self._forget(intid)
+                self._unrank(intid, cfg)
                 if not other._is_pending(intid):
                     other._make_pending(intid)
                 moved += 1
@@ -999,35 +990,18 @@ class Redistributor(InterruptSource):
     def highest_pending_lpi(self) -> tuple[int, int] | None:
         """(priority, INTID) of the highest-priority pending enabled LPI, or None: the
         lowest INTID of the highest priority level, O(1)."""
-        if not self._priorities:
-            return None
-        prio = self._priorities[0]
-        return prio, self._levels[prio].first()
+        return self.highest_pending(1)
 
     def acknowledge(self, intid: int) -> None:
         """An acknowledged LPI stops being pending; LPIs have no active state (5.1). The
         CPU interface calls it holding the lock this redistributor shares with it."""
-        chunk = self._lpis.get(intid >> CHUNK_SHIFT)  # _forget, inline: the MSI path
-        if chunk is None:
-            return
-        cfg = chunk.get(intid)
-        if cfg is None:
-            return
-        del chunk[intid]
-        self._count -= 1
-        if cfg & 1:
-            level = self._levels[cfg & 0xFC]  # _unrank, inline for the MSI path
-            level.remove(intid)
-            if not level:
-                priorities = self._priorities
-                if len(priorities) == 1:
-                    priorities.clear()
-                else:
-                    del priorities[bisect_left(priorities, cfg & 0xFC)]
+        cfg = self._forget(intid)
+        if cfg is not None:
+            self._unrank(intid, cfg)
 
     # InterruptSource for the CPU interface: LPIs are always Group 1 (5.1).
     def highest_pending(self, group: int) -> tuple[int, int] | None:
-        priorities = self._priorities  # highest_pending_lpi, inline: the CPU interface's scan
+        priorities = self._priorities
         if group != 1 or not priorities:
             return None
         return priorities[0], self._levels[priorities[0]].first()
