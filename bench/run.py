@@ -193,13 +193,20 @@ def bench_msi_sizes(quick: bool) -> list[Row]:
     return rows
 
 
-def bench_compiled(quick: bool) -> list[Row]:
-    """The MSI rows under the mypyc build, in a child process (built first if need be)."""
+def build_compiled() -> str | None:
+    """Build the mypyc package into COMPILED when out of date (scripts/build_compiled.py);
+    None when it is there, else why it could not be built."""
     build = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "build_compiled.py")], capture_output=True, text=True
     )
-    if build.returncode != 0:
-        return [Row("model", "MSI rows, mypyc build", None, "", note=build.stderr.strip()[-200:] or "not built")]
+    return None if build.returncode == 0 else build.stderr.strip()[-200:] or "not built"
+
+
+def bench_compiled(quick: bool) -> list[Row]:
+    """The MSI rows under the mypyc build, in a child process (built first if need be)."""
+    why = build_compiled()
+    if why is not None:
+        return [Row("model", "MSI rows, mypyc build", None, "", note=why)]
     child = subprocess.run([sys.executable, __file__, "--compiled", "--hot-rows", *(["--quick"] if quick else [])],
                            capture_output=True, text=True)  # fmt: skip
     if child.returncode != 0:
@@ -346,9 +353,7 @@ def bench_e2e(use_qemu: bool) -> tuple[list[Row], float | None]:
     ours: dict[tuple[str, int], float] = {}
     theirs: dict[tuple[str, int], float] = {}
     compiled: dict[tuple[str, int], float] = {}
-    built = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "build_compiled.py")], capture_output=True
-    ).returncode
+    built = build_compiled() is None
     compiled_env = {**ENV, "PYTHONPATH": os.pathsep.join([str(COMPILED), ENV["PYTHONPATH"]])}
     for guest in ("bench_msi_14", "bench_msi"):
         elf = GUESTS / f"{guest}.elf"
@@ -356,7 +361,7 @@ def bench_e2e(use_qemu: bool) -> tuple[list[Row], float | None]:
             raise SystemExit(f"no {elf}: run make -C guests")
         out, _ = run_guest([*VGIC, "run", "--timeout", "600", str(elf)], 660)
         ours.update(parse(out))
-        if built == 0:  # the same guest with the model's mypyc build (vgic run uses it from PYTHONPATH)
+        if built:  # the same guest with the model's mypyc build (vgic run uses it from PYTHONPATH)
             out, _ = run_guest([*VGIC, "run", "--timeout", "600", str(elf)], 660, env=compiled_env)
             compiled.update(parse(out))
         if qemu:
