@@ -233,6 +233,16 @@ def test_asm_reads_utf8_from_stdin() -> None:
     assert p.returncode == 0 and len(p.stdout) == 32 and p.stdout[0] == 0x05, p.stderr
 
 
+def test_asm_refuses_endless_stdin() -> None:
+    """Standard input is read up to the same bound as an input file (64 MiB), then refused."""
+    if not Path("/dev/zero").exists():
+        pytest.skip("no /dev/zero")
+    with open("/dev/zero", "rb") as zero:
+        p = subprocess.run([sys.executable, "-m", "vgic.cli", "asm", "-"], stdin=zero, capture_output=True,
+                           text=True, timeout=60)  # fmt: skip
+    assert p.returncode == 1 and "vgic: cannot read stdin: larger than the 67,108,864 bytes" in p.stderr, p.stderr
+
+
 # -- options that do not fit together ----------------------------------------------------------
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import io
 import math
 import os
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from vgic import __version__
-from vgic.files import read_bounded
+from vgic.files import read_bounded, read_limited
 
 EXIT_ERROR = 1  # a bad image, snapshot or input file, a failed write, a missing extra
 EXIT_USAGE = 2  # bad options (argparse exits with 2 too)
@@ -693,9 +692,7 @@ def _asm(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     name = "stdin" if args.input == "-" else args.input
     try:
-        raw = sys.stdin.buffer.read(ASM_LIMIT + 1) if args.input == "-" else read_bounded(args.input, ASM_LIMIT)
-        if len(raw) > ASM_LIMIT:
-            raise OSError(errno.EFBIG, f"larger than the {ASM_LIMIT:,} bytes vgic reads from it")
+        raw = read_limited(sys.stdin.buffer, ASM_LIMIT) if args.input == "-" else read_bounded(args.input, ASM_LIMIT)
         text = raw.decode("utf-8")
     except OSError as e:
         print(f"vgic: cannot read {name}: {e.strerror}", file=sys.stderr)

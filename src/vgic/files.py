@@ -9,8 +9,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from typing import BinaryIO
 
-__all__ = ["read_bounded", "require_regular"]
+__all__ = ["read_bounded", "read_limited", "require_regular"]
 
 
 def _too_large(limit: int) -> OSError:
@@ -29,7 +30,13 @@ def read_bounded(path: str | os.PathLike[str], limit: int) -> bytes:
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
         if stat.S_ISREG(info.st_mode) and info.st_size > limit:
             raise _too_large(limit)
-        data = f.read(limit + 1)
+        return read_limited(f, limit)
+
+
+def read_limited(stream: BinaryIO, limit: int) -> bytes:
+    """At most ``limit`` bytes from an open stream (standard input, say); ``OSError``
+    (EFBIG) if it has more."""
+    data = stream.read(limit + 1)
     if len(data) > limit:
         raise _too_large(limit)
     return data
