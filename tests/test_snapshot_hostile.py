@@ -646,6 +646,16 @@ MACHINE_CASES: list[tuple[str, Callable[[State], object], tuple[str, ...]]] = [
     ("uart-rx-without-ris", lambda s: s["uart"].update(rx="41"), ("uart.ris", "RXRIS")),
     ("uart-level", lambda s: s["uart"].update(level=True), ("uart.level",)),
     ("counter-negative", lambda s: s.update(counter=-5), ("state.json: counter",)),
+    # the GIC's frames: 64 KiB aligned, apart, in the virt machine's GIC space (found by the
+    # random edits below: a GICD base bumped by one reached Unicorn's mmio_map as UC_ERR_ARG)
+    ("gicd-unaligned", lambda s: s["config"]["gic"].update(gicd_base=0x0800_0001),
+     ("config.gic.gicd_base", "64 KiB aligned")),
+    ("its-over-gicd", lambda s: s["config"]["gic"].update(its_bases=[0x0800_0000]),
+     ("config.gic.its_bases[0]", "inside gicd_base")),
+    ("gicr-over-uart", lambda s: s["config"]["gic"].update(gicr_base=0x08FF_0000),
+     ("config.gic.gicr_base", "outside the virt machine's GIC space")),
+    ("gicd-in-ram", lambda s: s["config"]["gic"].update(gicd_base=0x4000_0000),
+     ("config.gic.gicd_base", "outside the virt machine's GIC space")),
 ]  # fmt: skip
 
 

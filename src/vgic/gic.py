@@ -13,6 +13,7 @@ memory map by default. It knows nothing of CPU engines: a machine calls :meth:`G
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,7 +120,23 @@ class GicConfig:
         for n, i in enumerate(config.its):
             with at("its"), at(n):
                 i.check_layout(config.num_cpus)
+        frames = sorted(config.frames(), key=lambda f: f[1])
+        for name, base, _ in frames:
+            if base % GICD_FRAME_SIZE:
+                raise FieldError(name, f"{base:#x} is not 64 KiB aligned (the GIC's register frames are 64 KiB)")
+        for (name, base, size), (other, start, _) in itertools.pairwise(frames):
+            if base + size > start:
+                raise FieldError(other, f"{start:#x} is inside {name}'s frames ({base:#x}, {size:#x} bytes)")
         return config
+
+    def frames(self) -> list[tuple[str, int, int]]:
+        """(field, base, size) of each block of register frames: the distributor, each
+        ITS, the redistributors (each RD_base and SGI_base frame pair in turn)."""
+        return [
+            ("gicd_base", self.gicd_base, GICD_FRAME_SIZE),
+            *((f"its_bases[{n}]", base, ITS_FRAME_SIZE) for n, base in enumerate(self.its_bases[: len(self.its)])),
+            ("gicr_base", self.gicr_base, RD_FRAME_SIZE * self.num_cpus),
+        ]
 
 
 # == the GIC's state ======================================================================
@@ -213,13 +230,10 @@ class Gic:
         self.distributor.attach_cpus([rd.affinity for rd in self.redistributors])
         self.distributor.on_change = self._update_all
         self.its = [Its(memory, self.log, self.redistributors, c, index=n) for n, c in enumerate(config.its)]
+        handlers = [(self.distributor.read, self.distributor.write), *((its.read, its.write) for its in self.its),
+                    (self._gicr_read, self._gicr_write)]  # fmt: skip
         self._regions: list[_Handler] = [
-            (config.gicd_base, GICD_FRAME_SIZE, self.distributor.read, self.distributor.write),
-            *(
-                (base, ITS_FRAME_SIZE, its.read, its.write)
-                for base, its in zip(config.its_bases, self.its, strict=False)
-            ),
-            (config.gicr_base, RD_FRAME_SIZE * config.num_cpus, self._gicr_read, self._gicr_write),
+            (base, size, read, write) for (_, base, size), (read, write) in zip(config.frames(), handlers, strict=True)
         ]
 
     # == save/restore ==================================================================

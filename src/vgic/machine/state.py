@@ -29,8 +29,8 @@ from vgic.checks import (
     text,
     uint,
 )
-from vgic.gic import GicConfig, GicState
-from vgic.machine.fdt import PL011_SPI
+from vgic.gic import VIRT_GICD_BASE, GicConfig, GicState
+from vgic.machine.fdt import PL011_BASE, PL011_SPI
 from vgic.machine.pl011 import Pl011State
 from vgic.machine.timer import GenericTimerState
 
@@ -142,6 +142,10 @@ class MachineStateConfig:
             gic = GicConfig.from_dict(req(m, "gic"), max_cpus=MAX_SMP)
             if gic.num_cpus != smp:
                 raise FieldError("num_cpus", f"{gic.num_cpus} is not the machine's smp ({smp})")
+            for name, base, size in gic.frames():  # the virt machine's GIC space: above the flash, below the UART
+                if base < VIRT_GICD_BASE or base + size > PL011_BASE:
+                    raise FieldError(name, f"{base:#x} + {size:#x} is outside the virt machine's GIC space "
+                                           f"[{VIRT_GICD_BASE:#x}, {PL011_BASE:#x})")  # fmt: skip
         conduit = text(req(m, "psci_conduit"), 8, "psci_conduit")
         if conduit not in PSCI_CONDUITS:
             raise FieldError("psci_conduit", f"{conduit!r} is not hvc or smc")
